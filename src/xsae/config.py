@@ -1,0 +1,147 @@
+"""Configuration: one JSON Schema (Draft 2020-12) with defaults, plus the cross-references it cannot express.
+
+A bad value fails before any job starts, with the key path and the allowed values in the message.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from xsae.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills `default` values into the instance as it validates."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_DefaultingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "enum":
+        allowed = ", ".join(repr(v) for v in error.validator_value)
+        return f"{error.instance!r} is not allowed; choose one of {allowed}"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        hint = f" (known keys: {', '.join(allowed)})" if allowed else ""
+        return f"{error.message}{hint}"
+    return error.message
+
+
+def validate(config: Mapping[str, Any], *, source: str = "config",
+             schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return a deep copy of `config` with defaults filled in, or raise ConfigError naming the key."""
+    resolved = copy.deepcopy(dict(config))
+    validator = _DefaultingValidator(schema if schema is not None else load_schema())
+    errors = sorted(validator.iter_errors(resolved), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_key_path(e)}: {_describe(e)}" for e in errors]
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    check_references(resolved, source=source)
+    return resolved
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load and validate a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            raw = yaml.safe_load(handle) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return validate(raw, source=str(path))
+
+
+def check_references(config: Mapping[str, Any], *, source: str = "config") -> None:
+    """Names used in one section must be defined in another; say which key points nowhere."""
+    from xsae.encoders import LOADERS  # noqa: PLC0415 - keep config import light
+
+    problems: list[str] = []
+
+    def unknown(key: str, name: str, section: str, known) -> None:
+        problems.append(
+            f"  {key}: unknown {section} {name!r}; defined {section}s: {', '.join(sorted(known))}"
+        )
+
+    datasets, encoders = config["datasets"], config["encoders"]
+    streams = config.get("streams", {})
+    for name, encoder in encoders.items():
+        if encoder["loader"] not in LOADERS:
+            problems.append(
+                f"  encoders.{name}.loader: unknown loader {encoder['loader']!r}; "
+                f"available loaders: {', '.join(sorted(LOADERS))}"
+            )
+    for dataset, names in config["features"].items():
+        if dataset not in datasets:
+            unknown(f"features.{dataset}", dataset, "dataset", datasets)
+        for encoder in names:
+            if encoder not in encoders:
+                unknown(f"features.{dataset}", encoder, "encoder", encoders)
+    for name, stream in streams.items():
+        if stream["encoder"] not in encoders:
+            unknown(f"streams.{name}.encoder", stream["encoder"], "encoder", encoders)
+        elif stream["layer"] is not None and not encoders[stream["encoder"]]["layers"]:
+            problems.append(
+                f"  streams.{name}.layer: encoder {stream['encoder']!r} does not store layers; "
+                f"set encoders.{stream['encoder']}.layers: true"
+            )
+    for name, run in config.get("sae_runs", {}).items():
+        if run["dataset"] not in datasets:
+            unknown(f"sae_runs.{name}.dataset", run["dataset"], "dataset", datasets)
+        for stream in run["streams"]:
+            if stream not in streams:
+                unknown(f"sae_runs.{name}.streams", stream, "stream", streams)
+            elif stream in streams and streams[stream]["encoder"] not in config["features"].get(
+                run["dataset"], []
+            ):
+                problems.append(
+                    f"  sae_runs.{name}.streams: stream {stream!r} needs encoder "
+                    f"{streams[stream]['encoder']!r} in features.{run['dataset']}"
+                )
+        if run["k"] > run["n_latents"]:
+            problems.append(
+                f"  sae_runs.{name}.k: {run['k']} exceeds n_latents {run['n_latents']}"
+            )
+    for table, spec in config.get("tables", {}).items():
+        for run in spec.get("runs", []):
+            if run not in config.get("sae_runs", {}):
+                unknown(f"tables.{table}.runs", run, "SAE run", config.get("sae_runs", {}))
+    for dataset in config.get("figures", {}).get("dataset_overview", []):
+        if dataset not in datasets:
+            unknown("figures.dataset_overview", dataset, "dataset", datasets)
+    if problems:
+        raise ConfigError(f"{source}: inconsistent configuration\n" + "\n".join(problems))
+
+
+def run_seed(config: Mapping[str, Any], run: Mapping[str, Any]) -> int:
+    """The seed of one SAE run: its own if set, else the global seed."""
+    return int(run["seed"] if run.get("seed") is not None else config["seed"])

@@ -1,0 +1,1 @@
+"""Datasets: downloaders and manifest builders, one module per source."""

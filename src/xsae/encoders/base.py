@@ -1,0 +1,194 @@
+"""One interface for every encoder: load, preprocess, encode pooled features, optional layers.
+
+An `Encoder` turns a batch of raw samples (PIL images or caption strings) into pooled features
+`[B, d]` per modality and, when asked, one global token per layer `[B, d_layer]`, captured with
+forward hooks on the modules `layer_modules()` names. Loaders register themselves by key in
+`LOADERS`; the config's `encoders.<name>.loader` picks one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import nn
+
+from xsae.errors import ConfigError
+
+MODALITIES = ("image", "text")
+
+# SPARC Appendix C: resize to 256, centre-crop 224, to tensor, ImageNet mean/std.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PAPER_RESIZE, PAPER_CROP = 256, 224
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What a loader needs: the config entry of one encoder, plus where to run it."""
+
+    name: str
+    loader: str
+    model: str | None = None
+    pretrained: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict[str, Any], device: str = "cpu") -> EncoderSpec:
+        return cls(name=name, loader=entry["loader"], model=entry.get("model"),
+                   pretrained=entry.get("pretrained"), options=dict(entry.get("options", {})),
+                   device=device, dtype=entry.get("dtype", "float32"))
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+@dataclass
+class Encoded:
+    pooled: torch.Tensor  # [B, d]
+    layers: list[torch.Tensor] | None = None  # one [B, d_layer] per layer
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Composite transparent images on white: stamps and clip art use alpha for their outline."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, background)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return image.convert("RGB")
+
+
+def paper_image_transform(resize: int = PAPER_RESIZE, crop: int = PAPER_CROP,
+                          mean: Sequence[float] = IMAGENET_MEAN,
+                          std: Sequence[float] = IMAGENET_STD) -> Callable[[Image.Image], torch.Tensor]:
+    from torchvision import transforms  # noqa: PLC0415 - torchvision is heavy to import
+
+    pipeline = transforms.Compose([
+        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(crop),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+    return lambda image: pipeline(to_rgb(image))
+
+
+PAPER_PREPROCESSING = {
+    "resize": PAPER_RESIZE, "interpolation": "bicubic", "center_crop": PAPER_CROP,
+    "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "alpha": "composited on white",
+}
+
+
+class Encoder(ABC):
+    """Base class: subclasses set `modalities` and implement `_encode` and `layer_modules`."""
+
+    modalities: tuple[str, ...] = ()
+    #: Short name of the weights actually loaded (recorded in every feature file).
+    weights: str = ""
+
+    def __init__(self, spec: EncoderSpec):
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        self._image_transform = paper_image_transform()
+
+    # ---- what subclasses provide -------------------------------------------------------------
+    @abstractmethod
+    def _encode(self, modality: str, batch: Any) -> torch.Tensor:
+        """Pooled features `[B, d]` of a prepared batch."""
+
+    def layer_modules(self, modality: str) -> list[nn.Module]:
+        """Modules whose outputs are the per-layer features (residual stream after each block)."""
+        raise NotImplementedError(f"encoder {self.spec.name!r} does not expose per-layer features")
+
+    def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
+        """One global token per sample from a layer output: CLS for token sequences, the
+        spatial mean for CNN feature maps. Encoders whose first token is not global override."""
+        if hidden.dim() == 4:
+            return hidden.mean(dim=(2, 3))
+        if hidden.dim() == 3:
+            return hidden[:, 0]
+        return hidden
+
+    def preprocessing(self, modality: str) -> dict[str, Any]:
+        """How inputs are prepared, stored as an attribute of every feature file."""
+        return dict(PAPER_PREPROCESSING) if modality == "image" else {"text": "raw caption"}
+
+    # ---- the interface rules use -------------------------------------------------------------
+    def prepare(self, modality: str, samples: Sequence[Any]) -> Any:
+        """Images become a `[B, 3, H, W]` tensor; captions stay a list of strings."""
+        self._check_modality(modality)
+        if modality == "image":
+            return torch.stack([self._image_transform(image) for image in samples])
+        return [str(text) for text in samples]
+
+    @torch.inference_mode()
+    def encode(self, modality: str, batch: Any, *, layers: bool = False) -> Encoded:
+        self._check_modality(modality)
+        if not layers:
+            return Encoded(pooled=self._encode(modality, batch).float())
+        with self._capture(modality) as captured:
+            pooled = self._encode(modality, batch).float()
+        return Encoded(pooled=pooled,
+                       layers=[self.layer_token(modality, h).float() for h in captured])
+
+    def describe(self) -> dict[str, Any]:
+        return {"encoder": self.spec.name, "loader": self.spec.loader,
+                "model": self.spec.model or "", "pretrained": self.spec.pretrained or "",
+                "weights": self.weights}
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _check_modality(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise ConfigError(
+                f"encoder {self.spec.name!r} has no {modality!r} modality "
+                f"(it has: {', '.join(self.modalities)})"
+            )
+
+    @contextlib.contextmanager
+    def _capture(self, modality: str) -> Iterator[list[torch.Tensor]]:
+        captured: list[torch.Tensor] = []
+        modules = self.layer_modules(modality)
+        slots: list[torch.Tensor | None] = [None] * len(modules)
+
+        def hook_for(index: int):
+            def hook(_module, _inputs, output):
+                slots[index] = output[0] if isinstance(output, tuple) else output
+            return hook
+
+        handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)]
+        try:
+            yield captured
+        finally:
+            for handle in handles:
+                handle.remove()
+        captured.extend(s for s in slots if s is not None)
+        if len(captured) != len(modules):
+            raise RuntimeError(f"encoder {self.spec.name!r}: a layer hook did not fire")
+
+
+LoaderFn = Callable[[EncoderSpec], Encoder]
+LOADERS: dict[str, LoaderFn] = {}
+
+
+def register(key: str) -> Callable[[LoaderFn], LoaderFn]:
+    def decorator(fn: LoaderFn) -> LoaderFn:
+        LOADERS[key] = fn
+        return fn
+    return decorator
+
+
+def load_encoder(spec: EncoderSpec) -> Encoder:
+    """Instantiate the encoder a spec names, on its device, in eval mode."""
+    if spec.loader not in LOADERS:
+        raise ConfigError(
+            f"encoders.{spec.name}.loader: unknown loader {spec.loader!r}; "
+            f"available: {', '.join(sorted(LOADERS))}"
+        )
+    return LOADERS[spec.loader](spec)
