@@ -1,0 +1,17 @@
+rule evaluate_reconstruction:
+    """NMSE, R² and dead latents of one SAE run on one split (tidy rows)."""
+    input:
+        weights="results/sae/{run}/weights.safetensors",
+        features=run_feature_files,
+    output:
+        "results/metrics/{run}/reconstruction_{split}.csv",
+    params:
+        run=run_entry,
+        streams=run_streams,
+        device=config["device"],
+    log:
+        "results/logs/evaluate_reconstruction/{run}_{split}.log",
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../workflow/scripts/evaluate_reconstruction.py"

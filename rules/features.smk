@@ -1,0 +1,18 @@
+rule extract_features:
+    """Encode one dataset split with one encoder into an HDF5 feature file."""
+    input:
+        manifest=MANIFEST,
+    output:
+        FEATURES,
+    params:
+        encoder=encoder_entry,
+        device=config["device"],
+    resources:
+        gpu=encoder_gpus,
+    threads: 2
+    log:
+        "results/logs/extract_features/{dataset}/{split}/{encoder}.log",
+    conda:
+        "../envs/extract.yaml"
+    script:
+        "../workflow/scripts/extract_features.py"

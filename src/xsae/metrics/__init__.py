@@ -1,0 +1,1 @@
+"""Metrics: plain functions on tensors/arrays, each with known-answer tests."""

@@ -1,0 +1,112 @@
+"""SAE runs as the config describes them: build, train, save, evaluate.
+
+A run is a method plus hyperparameters plus named streams (config `sae_runs.<name>`); this module
+turns such an entry and the stream files into a trained model and tidy metric rows. Rules call it
+with explicit paths, so it works the same with or without Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xsae.errors import DataError
+from xsae.features import StreamRef, load_streams
+from xsae.io import atomic_path, write_json
+from xsae.metrics.reconstruction import ReconstructionAccumulator
+from xsae.sae import SAEConfig, SparseAutoencoder
+from xsae.training import TrainingConfig, train
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DataError("device: cuda was requested but no CUDA device is visible; set device: auto")
+    return torch.device(device)
+
+
+def normalize_inputs(x: np.ndarray | torch.Tensor, how: str) -> torch.Tensor:
+    """Row normalisation applied before the SAE at training and evaluation alike."""
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if how == "l2":
+        return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    if how == "none":
+        return x
+    raise ValueError(f"input_norm must be 'l2' or 'none', got {how!r}")
+
+
+def training_config(run: dict[str, Any], seed: int) -> TrainingConfig:
+    aux = run["auxk"]
+    return TrainingConfig(epochs=run["epochs"], batch_size=run["batch_size"], lr=run["lr"],
+                          auxk_k=aux["k"], auxk_coef=aux["coef"], dead_steps=aux["dead_steps"],
+                          dead_threshold=aux["threshold"], log_every=run["log_every"],
+                          checkpoint_every=run["checkpoint_every"], seed=seed)
+
+
+def load_inputs(refs: Sequence[StreamRef], input_norm: str,
+                device: torch.device) -> tuple[list[torch.Tensor], list[str]]:
+    arrays, sample_ids = load_streams(refs)
+    return [normalize_inputs(a, input_norm).to(device) for a in arrays], sample_ids
+
+
+def train_run(run: dict[str, Any], refs: Sequence[StreamRef], *, seed: int, device: str,
+              weights_path: str | Path, log_path: str | Path,
+              checkpoint_path: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train the SAE a config entry describes; write weights and the loss log atomically."""
+    torch_device = resolve_device(device)
+    inputs, _ = load_inputs(refs, run["input_norm"], torch_device)
+    sae_config = SAEConfig(input_dims=tuple(x.shape[1] for x in inputs),
+                           n_latents=run["n_latents"], k=run["k"], topk=run["topk"],
+                           stream_names=tuple(ref.name for ref in refs))
+    generator = torch.Generator().manual_seed(seed)
+    model = SparseAutoencoder(sae_config, generator=generator).to(torch_device)
+    config = training_config(run, seed)
+    history = train(model, inputs, config, checkpoint_path=checkpoint_path, progress=progress)
+    with atomic_path(log_path) as tmp:
+        history.to_csv(tmp, index=False)
+    model.save(weights_path, extra_metadata={"run": run, "seed": seed})
+    if checkpoint_path:
+        Path(checkpoint_path).unlink(missing_ok=True)
+    last = history.iloc[-1].to_dict() if len(history) else {}
+    return {"n_rows": int(inputs[0].shape[0]), "steps": int(last.get("step", 0)),
+            "final_loss": float(last.get("loss", float("nan"))),
+            "samples_per_s": float(history["samples_per_s"].median()) if len(history) else 0.0}
+
+
+@torch.no_grad()
+def evaluate_reconstruction(weights_path: str | Path, refs: Sequence[StreamRef], *,
+                            input_norm: str, device: str = "auto", batch_size: int = 4096,
+                            labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Tidy rows (one per stream × metric) of reconstruction quality on held-out features."""
+    torch_device = resolve_device(device)
+    model = SparseAutoencoder.load(weights_path, device=torch_device).eval()
+    inputs, _ = load_inputs(refs, input_norm, torch_device)
+    accumulators = [ReconstructionAccumulator(model.config.n_latents) for _ in inputs]
+    for start in range(0, inputs[0].shape[0], batch_size):
+        batch = [x[start:start + batch_size] for x in inputs]
+        codes = model.encode(batch)
+        for s, acc in enumerate(accumulators):
+            acc.update(model.decode(s, codes[s]), batch[s], codes[s].indices, codes[s].values)
+    rows = []
+    for name, acc in zip(model.config.stream_names, accumulators, strict=True):
+        for metric, value in acc.result().items():
+            rows.append({**(labels or {}), "stream": name, "metric": metric, "value": value})
+    return pd.DataFrame(rows)
+
+
+def write_metrics(frame: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def write_summary(summary: dict[str, Any], path: str | Path) -> None:
+    write_json(path, summary)

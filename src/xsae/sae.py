@@ -1,0 +1,204 @@
+"""TopK sparse autoencoders over one or several feature streams (Gao et al.; SPARC).
+
+For every stream s with input x_s `[B, d_s]`:
+
+    h_s  = W_enc,s (x_s − b_pre,s) + b_lat,s                      logits `[B, L]`
+    z_s  = ReLU(h_s) at the k selected indices, 0 elsewhere        codes  `[B, L]` (kept sparse)
+    x̂_s = W_dec,s z_s + b_pre,s                                  `[B, d_s]`
+
+Global TopK selects one index set per sample from Σ_s h_s and shares it across streams; Local
+TopK selects per stream. A single-stream SAE is the special case of one stream. Codes are kept
+as (values `[B, k]`, indices `[B, k]`) and decoded by a gather of the k active decoder rows, never
+as a dense `[B, L] @ [L, d]` product.
+
+Decoder rows are unit-norm directions (`dec_weight[s]` is `[L, d_s]`, row j = latent j's direction),
+kept so by renormalising after each step and projecting out the gradient component parallel to
+each row (`project_decoder_grads`). Steps since each latent last fired live beside the weights as
+buffers, so they are saved and restored with them; only the trainer advances them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from xsae.errors import DataError
+from xsae.io import atomic_path
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    input_dims: tuple[int, ...]
+    n_latents: int
+    k: int
+    topk: str = "global"  # "global" | "local"
+    stream_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.topk not in ("global", "local"):
+            raise ValueError(f"topk must be 'global' or 'local', got {self.topk!r}")
+        if not 1 <= self.k <= self.n_latents:
+            raise ValueError(f"k={self.k} must be in [1, n_latents={self.n_latents}]")
+        if not self.stream_names:
+            object.__setattr__(self, "stream_names",
+                               tuple(f"stream{i}" for i in range(len(self.input_dims))))
+        if len(self.stream_names) != len(self.input_dims):
+            raise ValueError("stream_names and input_dims differ in length")
+
+
+@dataclass
+class Codes:
+    """Sparse codes of one stream: `values[b, i]` is the activation of latent `indices[b, i]`."""
+
+    values: torch.Tensor  # [B, k]
+    indices: torch.Tensor  # [B, k] int64
+
+    def dense(self, n_latents: int) -> torch.Tensor:
+        """`[B, L]` codes; for analysis only (training never materialises them)."""
+        out = self.values.new_zeros(self.values.shape[0], n_latents)
+        return out.scatter_(1, self.indices, self.values)
+
+
+def decode_sparse(weight: torch.Tensor, codes: Codes) -> torch.Tensor:
+    """Σ_i values[b, i] · weight[indices[b, i]]: `[B, d]` without a dense `[B, L]` intermediate."""
+    return F.embedding_bag(codes.indices, weight, per_sample_weights=codes.values.to(weight.dtype),
+                           mode="sum")
+
+
+class SparseAutoencoder(nn.Module):
+    def __init__(self, config: SAEConfig, *, generator: torch.Generator | None = None):
+        super().__init__()
+        self.config = config
+        L = config.n_latents
+        self.pre_bias = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in config.input_dims])
+        self.lat_bias = nn.ParameterList([nn.Parameter(torch.zeros(L)) for _ in config.input_dims])
+        self.enc_weight = nn.ParameterList()
+        self.dec_weight = nn.ParameterList()
+        for d in config.input_dims:
+            # Tied init: random unit directions for the decoder, the encoder its transpose.
+            directions = torch.randn(L, d, generator=generator)
+            directions /= directions.norm(dim=1, keepdim=True)
+            self.dec_weight.append(nn.Parameter(directions.clone()))
+            self.enc_weight.append(nn.Parameter(directions.clone()))
+        for i in range(len(config.input_dims)):
+            self.register_buffer(f"steps_since_active_{i}", torch.zeros(L, dtype=torch.long))
+
+    # ---- shapes ---------------------------------------------------------------------------
+    @property
+    def n_streams(self) -> int:
+        return len(self.config.input_dims)
+
+    def steps_since_active(self, stream: int) -> torch.Tensor:
+        return getattr(self, f"steps_since_active_{stream}")
+
+    # ---- forward pieces ---------------------------------------------------------------------
+    def logits(self, stream: int, x: torch.Tensor) -> torch.Tensor:
+        """`[B, d_s] -> [B, L]` pre-activation logits h_s."""
+        return F.linear(x - self.pre_bias[stream], self.enc_weight[stream], self.lat_bias[stream])
+
+    def select(self, logits: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
+        """TopK codes per stream; `topk` overrides the configured mode (e.g. local at inference)."""
+        mode = topk or self.config.topk
+        k = self.config.k
+        if mode == "global":
+            indices = torch.stack(list(logits)).sum(dim=0).topk(k, dim=1, sorted=False).indices
+            return [Codes(F.relu(h.gather(1, indices)), indices) for h in logits]
+        codes = []
+        for h in logits:
+            top = h.topk(k, dim=1, sorted=False)
+            codes.append(Codes(F.relu(top.values), top.indices))
+        return codes
+
+    def encode(self, inputs: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
+        self._check_inputs(inputs)
+        return self.select([self.logits(s, x) for s, x in enumerate(inputs)], topk)
+
+    def decode(self, stream: int, codes: Codes) -> torch.Tensor:
+        """`[B, d_stream]` reconstruction of stream `stream` from any stream's codes."""
+        return decode_sparse(self.dec_weight[stream], codes) + self.pre_bias[stream]
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Self-reconstructions, one `[B, d_s]` per stream."""
+        codes = self.encode(inputs)
+        return [self.decode(s, c) for s, c in enumerate(codes)]
+
+    def auxk_codes(self, stream: int, logits: torch.Tensor, k_aux: int,
+                   dead_steps: int) -> tuple[Codes, torch.Tensor]:
+        """TopK of the logits restricted to dead latents, and whether any latent is dead.
+
+        Live latents are masked to −inf, so when fewer than k_aux are dead the extra picks get
+        value 0; no host sync is needed to count the dead.
+        """
+        dead = self.steps_since_active(stream) > dead_steps
+        masked = logits.masked_fill(~dead, float("-inf"))
+        top = masked.topk(min(k_aux, logits.shape[1]), dim=1, sorted=False)
+        values = torch.where(torch.isfinite(top.values), F.relu(top.values),
+                             torch.zeros_like(top.values))
+        return Codes(values, top.indices), dead.any()
+
+    # ---- training-state bookkeeping ----------------------------------------------------------
+    @torch.no_grad()
+    def update_dead_counters(self, codes: Sequence[Codes], threshold: float) -> None:
+        """Advance steps-since-active; reset latents that fired above `threshold`. Training only."""
+        for s, c in enumerate(codes):
+            counter = self.steps_since_active(s)
+            fired = torch.zeros(self.config.n_latents, device=counter.device)
+            fired.index_add_(0, c.indices.flatten(), (c.values.flatten() > threshold).float())
+            counter.add_(1).masked_fill_(fired > 0, 0)
+
+    @torch.no_grad()
+    def project_decoder_grads(self) -> None:
+        """Remove the gradient component parallel to each (unit) decoder row."""
+        for weight in self.dec_weight:
+            if weight.grad is not None:
+                parallel = (weight.grad * weight).sum(dim=1, keepdim=True)
+                weight.grad.sub_(parallel * weight)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        for weight in self.dec_weight:
+            weight.div_(weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    # ---- persistence -----------------------------------------------------------------------
+    def save(self, path: str | Path, extra_metadata: dict | None = None) -> None:
+        metadata = {"sae_config": json.dumps(asdict(self.config))}
+        if extra_metadata:
+            metadata.update({k: json.dumps(v) for k, v in extra_metadata.items()})
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: SAE weights not found; run the train_sae rule first")
+        from safetensors import safe_open  # noqa: PLC0415
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                raw = json.loads(handle.metadata()["sae_config"])
+            tensors = load_file(str(path), device=str(device))
+        except Exception as exc:  # safetensors raises several types for a corrupt file
+            raise DataError(f"{path}: not a readable SAE weight file ({exc})") from exc
+        config = SAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        model = cls(config).to(device)
+        model.load_state_dict(tensors)
+        return model
+
+    def _check_inputs(self, inputs: Sequence[torch.Tensor]) -> None:
+        if len(inputs) != self.n_streams:
+            raise ValueError(f"expected {self.n_streams} streams, got {len(inputs)}")
+        for s, x in enumerate(inputs):
+            if x.dim() != 2 or x.shape[1] != self.config.input_dims[s]:
+                raise ValueError(
+                    f"stream {self.config.stream_names[s]!r}: expected [B, {self.config.input_dims[s]}], "
+                    f"got {list(x.shape)}"
+                )

@@ -1,0 +1,21 @@
+"""Encode one dataset split with one encoder (rule extract_features)."""
+
+import torch
+
+from xsae import provenance
+from xsae.encoders import EncoderSpec, load_encoder
+from xsae.features import extract
+from xsae.runs import resolve_device
+from xsae.workflow import script
+
+with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
+    torch.set_num_threads(snakemake.threads)
+    entry = snakemake.params.encoder
+    device = resolve_device(snakemake.params.device)
+    encoder = load_encoder(EncoderSpec.from_config(snakemake.wildcards.encoder, entry, str(device)))
+    summary = extract(encoder, snakemake.input.manifest, snakemake.output[0],
+                      layers=entry["layers"], batch_size=entry["batch_size"],
+                      dataset=snakemake.wildcards.dataset, split=snakemake.wildcards.split,
+                      autocast_dtype=entry["dtype"])
+    log.info("%s", summary)
+    job.extra.update(summary)
