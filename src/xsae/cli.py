@@ -26,7 +26,7 @@ def _provenance(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from xsae import config  # noqa: PLC0415
+    from xsae import config
 
     config.load(args.path)
     print(f"{args.path}: valid")

@@ -83,7 +83,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def check_references(config: Mapping[str, Any], *, source: str = "config") -> None:
     """Names used in one section must be defined in another; say which key points nowhere."""
-    from xsae.encoders import LOADERS  # noqa: PLC0415 - keep config import light
+    from xsae.encoders import LOADERS
 
     problems: list[str] = []
 

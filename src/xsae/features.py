@@ -51,19 +51,21 @@ class StreamRef:
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, paths: Sequence[str], manifest: Path):
-        self.paths, self.manifest = list(paths), manifest
+    """Decodes (and, where the encoder allows, transforms) images in loader workers."""
+
+    def __init__(self, paths: Sequence[str], manifest: Path, transform=None):
+        self.paths, self.manifest, self.transform = list(paths), manifest, transform
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> Image.Image:
+    def __getitem__(self, i: int) -> Image.Image | torch.Tensor:
         try:
             with Image.open(self.paths[i]) as image:
                 image.load()
-                return image
         except (OSError, ValueError) as exc:
             raise DataError(f"{self.manifest}: row {i}: cannot read image {self.paths[i]} ({exc})") from exc
+        return self.transform(image) if self.transform else image
 
 
 def _batches(encoder: Encoder, modality: str, table, manifest: Path, batch_size: int,
@@ -74,7 +76,8 @@ def _batches(encoder: Encoder, modality: str, table, manifest: Path, batch_size:
             chunk = captions[start:start + batch_size]
             yield len(chunk), encoder.prepare("text", chunk)
         return
-    loader = torch.utils.data.DataLoader(_Images(table["image_path"].tolist(), manifest),
+    images = _Images(table["image_path"].tolist(), manifest, encoder.image_transform())
+    loader = torch.utils.data.DataLoader(images,
                                          batch_size=batch_size, shuffle=False,
                                          num_workers=workers, collate_fn=list)
     for images in loader:

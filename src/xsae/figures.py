@@ -9,12 +9,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from PIL import Image
 
-from xsae.io import atomic_path  # noqa: E402
+from xsae.io import atomic_path
 
 
 def save(figure: plt.Figure, png: str | Path, pdf: str | Path | None = None, dpi: int = 150) -> None:

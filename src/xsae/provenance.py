@@ -52,7 +52,7 @@ def code_version(root: Path = REPO_ROOT) -> dict[str, Any]:
 
     commit = git("rev-parse", "HEAD")
     if commit is None:
-        from xsae import __version__  # noqa: PLC0415
+        from xsae import __version__
 
         return {"commit": None, "dirty": None, "version": __version__}
     status = git("status", "--porcelain")

@@ -180,7 +180,7 @@ class SparseAutoencoder(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: SAE weights not found; run the train_sae rule first")
-        from safetensors import safe_open  # noqa: PLC0415
+        from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as handle:

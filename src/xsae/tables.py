@@ -64,7 +64,7 @@ def reconstruction_table(metrics: Sequence[pd.DataFrame]) -> pd.DataFrame:
     wide["dead_fraction"] = 100 * wide["dead_fraction"]
     wide["dead_latents"] = wide["dead_latents"].astype(int)
     wide["n_samples"] = wide["n_samples"].astype(int)
-    columns = keys + ["n_samples", *RECONSTRUCTION_COLUMNS]
+    columns = [*keys, "n_samples", *RECONSTRUCTION_COLUMNS]
     table = wide[columns].rename(columns={**RECONSTRUCTION_COLUMNS, "n_samples": "samples",
                                           "n_latents": "L"})
     table.columns.name = None

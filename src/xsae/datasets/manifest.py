@@ -118,8 +118,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: manifest lacks columns {sorted(missing)}")
     if table.empty:
         raise DataError(f"{path}: manifest has no rows (empty split)")
-    if table["sample_id"].duplicated().any():
-        raise DataError(f"{path}: duplicate sample_id {table['sample_id'][table['sample_id'].duplicated()].iloc[0]!r}")
+    duplicated = table["sample_id"][table["sample_id"].duplicated()]
+    if len(duplicated):
+        raise DataError(f"{path}: duplicate sample_id {duplicated.iloc[0]!r}")
     return table
 
 

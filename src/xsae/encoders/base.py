@@ -69,7 +69,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 def paper_image_transform(resize: int = PAPER_RESIZE, crop: int = PAPER_CROP,
                           mean: Sequence[float] = IMAGENET_MEAN,
                           std: Sequence[float] = IMAGENET_STD) -> Callable[[Image.Image], torch.Tensor]:
-    from torchvision import transforms  # noqa: PLC0415 - torchvision is heavy to import
+    from torchvision import transforms
 
     pipeline = transforms.Compose([
         transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
@@ -121,11 +121,20 @@ class Encoder(ABC):
         return dict(PAPER_PREPROCESSING) if modality == "image" else {"text": "raw caption"}
 
     # ---- the interface rules use -------------------------------------------------------------
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor] | None:
+        """Per-image transform that data-loader workers may apply ahead of `prepare`; None when
+        the encoder prepares whole batches itself (e.g. with a Hugging Face processor)."""
+        return self._image_transform
+
     def prepare(self, modality: str, samples: Sequence[Any]) -> Any:
-        """Images become a `[B, 3, H, W]` tensor; captions stay a list of strings."""
+        """Images become a `[B, 3, H, W]` tensor; captions stay a list of strings.
+
+        Images already transformed by `image_transform()` (tensors) are only stacked.
+        """
         self._check_modality(modality)
         if modality == "image":
-            return torch.stack([self._image_transform(image) for image in samples])
+            return torch.stack([image if isinstance(image, torch.Tensor)
+                                else self._image_transform(image) for image in samples])
         return [str(text) for text in samples]
 
     @torch.inference_mode()

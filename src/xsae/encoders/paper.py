@@ -82,7 +82,13 @@ def _hf_kwargs(spec: EncoderSpec) -> dict[str, Any]:
     return {"revision": spec.pretrained} if spec.pretrained else {}
 
 
-def _find_blocks(root: nn.Module, paths: Sequence[str]) -> list[nn.Module] | None:
+# Where transformer blocks live; it moves between architectures and transformers versions
+# (ViT: `encoder.layer` in transformers 4, `layers` in 5).
+BLOCK_PATHS = ("encoder.layer", "encoder.layers", "layers", "model.layers", "transformer.layer",
+               "transformer.resblocks", "h")
+
+
+def _find_blocks(root: Any, paths: Sequence[str] = BLOCK_PATHS) -> list[nn.Module] | None:
     """The first of `paths` (dotted attribute names) that leads to a ModuleList of blocks."""
     for path in paths:
         module: Any = root
@@ -91,6 +97,13 @@ def _find_blocks(root: nn.Module, paths: Sequence[str]) -> list[nn.Module] | Non
         if isinstance(module, nn.ModuleList):
             return list(module)
     return None
+
+
+def _blocks(encoder: Encoder, root: Any, modality: str,
+            paths: Sequence[str] = BLOCK_PATHS) -> list[nn.Module]:
+    """The blocks under `root`, or the base class's NotImplementedError if there are none."""
+    blocks = _find_blocks(root, paths)
+    return Encoder.layer_modules(encoder, modality) if blocks is None else blocks
 
 
 def _gather(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -181,10 +194,8 @@ class OpenCLIP(Encoder):
         return (self.model.visual if modality == "image" else self._text).transformer
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
-        blocks = _find_blocks(self._tower(modality), ("resblocks",))
-        if blocks is None:
-            return super().layer_modules(modality)
-        return blocks
+        tower = self.model.visual if modality == "image" else self._text
+        return _blocks(self, tower, modality, ("transformer.resblocks",))  # not HF text towers
 
     def _pooled_index(self, ids: torch.Tensor) -> torch.Tensor:
         """Mirror of open_clip's `text_global_pool`: which token the text tower pools."""
@@ -239,15 +250,15 @@ class DINOv2(Encoder):
         return self.model(pixel_values=batch.to(self.device)).pooler_output
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
-        return list(self.model.encoder.layer)
+        return _blocks(self, self.model, modality)
 
 
 class HFVision(Encoder):
     """ViT or Swin via `AutoModel`, paper transform. Pooling 'cls' (ViT: last_hidden_state[:, 0])
     or 'pooler' (Swin: `pooler_output`, the mean of the normed last stage; default for Swin).
 
-    Layers: ViT blocks `encoder.layer` (CLS token); Swin stages `encoder.layers` (mean over tokens,
-    Swin has no CLS token), each stage's output after its patch merging, as in `hidden_states`.
+    Layers: ViT blocks (CLS token); Swin stages `encoder.layers` (mean over tokens, Swin has no
+    CLS token), each stage's output after its patch merging, as in `hidden_states`.
     """
 
     modalities = ("image",)
@@ -260,7 +271,7 @@ class HFVision(Encoder):
         self.model = _fetch(spec, tf.AutoModel.from_pretrained, model_id, **_hf_kwargs(spec))
         self.model.eval().to(self.device)
         self.weights = _weights_name(spec)
-        self.stages = _find_blocks(self.model, ("encoder.layer",)) is None
+        self.stages = "swin" in self.model.config.model_type  # stages, no CLS token
         self.pooling = _choice(spec, "pooling", ("cls", "pooler"),
                                "pooler" if self.stages else "cls")
 
@@ -269,8 +280,7 @@ class HFVision(Encoder):
         return out.last_hidden_state[:, 0] if self.pooling == "cls" else out.pooler_output
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
-        blocks = _find_blocks(self.model, ("encoder.layer", "encoder.layers"))
-        return super().layer_modules(modality) if blocks is None else blocks
+        return _blocks(self, self.model, modality)
 
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
         return _pool_tokens(hidden, "mean" if self.stages else "cls")
@@ -303,6 +313,10 @@ class SigLIP2(Encoder):
         self.weights = _weights_name(spec)
         self._pixel_mask: torch.Tensor | None = None
 
+    def image_transform(self) -> None:
+        """None: the processor works on whole batches (resizing, padding masks), not per image."""
+        return None
+
     def prepare(self, modality: str, samples: Sequence[Any]) -> Any:
         self._check_modality(modality)
         if modality == "text":
@@ -326,7 +340,7 @@ class SigLIP2(Encoder):
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
         tower = self.model.vision_model if modality == "image" else self.model.text_model
-        return list(tower.encoder.layers)
+        return _blocks(self, tower, modality)
 
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
         if modality == "image":
@@ -383,7 +397,7 @@ class HFText(Encoder):
         return _pool_tokens(self.model(**tokens).last_hidden_state, self.pooling, self._mask)
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
-        return list(self.model.encoder.layer)
+        return _blocks(self, self.model, modality)
 
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
         return _pool_tokens(hidden, self.pooling, self._mask)
@@ -404,8 +418,6 @@ class SentenceTransformerText(Encoder):
     """
 
     modalities = ("text",)
-    _BLOCK_PATHS = ("encoder.layer", "encoder.layers", "layers", "model.layers",
-                    "transformer.layer")
 
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
@@ -440,9 +452,7 @@ class SentenceTransformerText(Encoder):
         return torch.nn.functional.normalize(embeddings, dim=-1) if self.normalize else embeddings
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
-        auto_model = getattr(self.model[0], "auto_model", None)
-        blocks = None if auto_model is None else _find_blocks(auto_model, self._BLOCK_PATHS)
-        return super().layer_modules(modality) if blocks is None else blocks
+        return _blocks(self, getattr(self.model[0], "auto_model", None), modality)
 
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
         return _pool_tokens(hidden, self.layer_pooling, self._mask)
