@@ -1,0 +1,88 @@
+"""Fixtures shared by tests: a small Tux-Paint-like package tree and a tiny workflow config."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+STAMPS = Path("usr/share/tuxpaint/stamps")
+
+#: (relative path without extension, caption or None for no .txt)
+FIXTURE_STAMPS = [
+    ("animals/birds/crane", "A crowned crane."),
+    ("animals/birds/owl", "An owl."),
+    ("animals/birds/duck", "A duck on a pond."),
+    ("animals/mammals/dog", "A dog."),
+    ("animals/mammals/cat", "A cat."),
+    ("animals/mammals/cow", "A brown cow."),
+    ("food/fruit/apple_green", "A green apple."),
+    ("food/fruit/pear", "A pear."),
+    ("food/fruit/banana", "A banana."),
+    ("food/fruit/cartoon/cherry", "Two cartoon cherries."),
+    ("food/vegetables/carrot", "A carrot."),
+    ("food/vegetables/leek", "A leek."),
+    ("town/roadsigns/stop", "A stop sign."),
+    ("town/roadsigns/yield", "A yield sign."),
+    ("town/houses/barn", "A red barn."),
+    ("town/houses/cabin", "A log cabin."),
+    ("vehicles/auto/car", "A blue car."),
+    ("vehicles/auto/truck", "A fire truck."),
+    ("vehicles/auto/bus", "A school bus."),
+    ("vehicles/auto/van", "A van."),
+    ("town/roadsigns/stop_mirror", None),  # mirrored copy: no caption, skipped
+    ("symbols/alphabets/english/filled/uppercase/a", "The letter A."),  # glyph, skipped
+    ("symbols/math/7", "The number seven."),  # digit glyph, skipped
+]
+N_USABLE = 20
+
+
+def make_stamps_tree(root: Path, seed: int = 0) -> Path:
+    """An unpacked-package folder (root/usr/share/tuxpaint/stamps/...) with small RGBA stamps."""
+    rng = np.random.default_rng(seed)
+    for relative, caption in FIXTURE_STAMPS:
+        png = root / STAMPS / f"{relative}.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        size = int(rng.integers(48, 96))
+        pixels = rng.integers(0, 255, size=(size, size, 4), dtype=np.uint8)
+        pixels[..., 3] = np.where(rng.random((size, size)) > 0.3, 255, 0)
+        Image.fromarray(pixels, "RGBA").save(png)
+        if caption is not None:
+            png.with_suffix(".txt").write_text(f"{caption}\nfr.utf8=Traduction.\n", encoding="utf-8")
+    return root
+
+
+def make_deb(tree: Path, out: Path, package: str = "tuxpaint-stamps-fixture",
+             version: str = "1.0-1") -> Path:
+    """Build a real .deb of `tree` with dpkg-deb (the format apt would download)."""
+    control = tree / "DEBIAN"
+    control.mkdir(exist_ok=True)
+    (control / "control").write_text(
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\n"
+        "Maintainer: Tests <tests@example.invalid>\nDescription: fixture stamps\n", encoding="utf-8")
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(tree), str(out)],
+                   check=True, capture_output=True)
+    return out
+
+
+def tiny_config(unpacked: Path) -> dict:
+    """The default config, shrunk: fixture stamps, three real encoders, a small fast SAE."""
+    with open(REPO / "config" / "config.yaml", encoding="utf-8") as handle:
+        config = copy.deepcopy(yaml.safe_load(handle))
+    config["datasets"]["tuxpaint"].update(unpacked=str(unpacked), sha256=None, test_fraction=0.25)
+    for entry in config["encoders"].values():
+        entry["batch_size"] = 8
+    config["sae_runs"]["topk_effnet"].update(n_latents=64, k=4, epochs=3, batch_size=8,
+                                             log_every=1, checkpoint_every=2)
+    config["figures"]["n_examples"] = 4
+    return config
+
+
+def write_config(config: dict, path: Path) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
