@@ -2,10 +2,12 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))
-# Jobs (local, conda or SLURM) import the library from this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (os.path.join(workflow.basedir, "src"), os.environ.get("PYTHONPATH")) if p
+LIBRARY = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, LIBRARY)
+# Jobs (local, in conda envs, or on SLURM nodes) import the library from this checkout; this sets
+# the variable for them rather than requiring it from the user, so it is no `envvars:` entry.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (LIBRARY, os.environ.get("PYTHONPATH")) if p)
 )
 
 from xsae.config import run_seed, validate  # noqa: E402

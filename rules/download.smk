@@ -1,5 +1,6 @@
 rule download_tuxpaint:
     """Fetch the Tux Paint stamps package with apt (or take a local .deb / unpacked folder)."""
+    localrule: True
     output:
         unpacked=directory("resources/datasets/{dataset}/unpacked"),
         record="resources/datasets/{dataset}/download.json",

@@ -77,8 +77,8 @@ def tiny_config(unpacked: Path) -> dict:
     config["datasets"]["tuxpaint"].update(unpacked=str(unpacked), sha256=None, test_fraction=0.25)
     for entry in config["encoders"].values():
         entry["batch_size"] = 8
-    config["sae_runs"]["topk_effnet"].update(n_latents=64, k=4, epochs=3, batch_size=8,
-                                             log_every=1, checkpoint_every=2)
+    for run in config["sae_runs"].values():
+        run.update(n_latents=64, k=4, epochs=3, batch_size=8, log_every=1, checkpoint_every=2)
     config["figures"]["n_examples"] = 4
     return config
 

@@ -1,0 +1,145 @@
+"""Workflow tests: the DAG of the default config, a tiny end-to-end run, and what reruns after a change.
+
+The end-to-end run uses a fixture package tree (20 small stamps) and the three real offline
+encoders; it takes about a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import N_USABLE, REPO, make_stamps_tree, tiny_config, write_config
+
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, configfile: Path | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2"]
+    if configfile is not None:
+        cmd += ["--configfile", str(configfile)]
+    result = subprocess.run([*cmd, *args], capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n"
+                             f"{result.stderr[-3000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> dict[str, int]:
+    """Jobs per rule that a dry run would execute (empty when nothing is to be done)."""
+    result = snakemake(workdir, "--dry-run", *args, configfile=configfile)
+    text = result.stdout + result.stderr
+    if "Job stats:" not in text:
+        assert "Nothing to be done" in text, text[-2000:]
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        jobs[match.group(1)] = int(match.group(2))
+    jobs.pop("total", None)
+    return jobs
+
+
+def test_default_dag_has_every_stage(tmp_path):
+    """The default config's DAG: one download, one manifest, 3 encoders × 2 splits, two SAEs."""
+    jobs = planned_jobs(tmp_path, REPO / "config" / "config.yaml")
+    assert jobs == {
+        "download_tuxpaint": 1, "manifest": 1, "extract_features": 6,
+        "train_sae": 2, "evaluate_reconstruction": 2, "figure_training": 2,
+        "table_reconstruction": 1, "figure_dataset_overview": 1, "all": 1,
+    }
+
+
+def test_bad_config_fails_before_any_job(tmp_path):
+    config = tiny_config(tmp_path / "tree")
+    config["sae_runs"]["topk_effnet"]["streams"] = ["no_such_stream"]
+    result = snakemake(tmp_path, "--dry-run", configfile=write_config(config, tmp_path / "c.yaml"),
+                       check=False)
+    assert result.returncode != 0
+    assert "sae_runs.topk_effnet.streams" in result.stderr + result.stdout
+    assert "no_such_stream" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A complete run of the tiny config, shared by the tests below."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    make_stamps_tree(workdir / "tree")
+    configfile = write_config(tiny_config(workdir / "tree"), workdir / "config.yaml")
+    snakemake(workdir, configfile=configfile)
+    return workdir, configfile
+
+
+@pytest.mark.slow
+def test_end_to_end_outputs(finished_run):
+    workdir, _ = finished_run
+    results = workdir / "results"
+    train = pd.read_csv(results / "manifests/tuxpaint/train.csv")
+    test = pd.read_csv(results / "manifests/tuxpaint/test.csv")
+    assert len(train) + len(test) == N_USABLE
+    assert not set(train.sample_id) & set(test.sample_id)
+    table = pd.read_csv(results / "tables/reconstruction.csv")
+    assert list(table["run"]) == ["topk_effnet", "topk_minilm"]
+    assert table["samples"].tolist() == [len(test), len(test)]
+    assert table["NMSE"].between(0, 10).all() and table["R²"].le(1).all()
+    for ext in ("md", "tex"):
+        assert "topk\\_effnet" in (results / f"tables/reconstruction.{ext}").read_text() or ext == "md"
+    for name in ("dataset_overview_tuxpaint", "sae_training_topk_effnet", "sae_training_topk_minilm"):
+        assert (results / f"figures/{name}.png").stat().st_size > 10_000
+        assert (results / f"figures/{name}.pdf").is_file()
+    executed = json.loads((results / "notebooks/dataset_overview_tuxpaint.ipynb").read_text())
+    assert executed["metadata"].get("papermill"), "the notebook record was not executed by papermill"
+    counts = pd.read_csv(results / "tables/label_counts_tuxpaint.csv")
+    assert counts[["train", "test"]].to_numpy().sum() == N_USABLE
+
+
+@pytest.mark.slow
+def test_provenance_chain_reaches_the_download(finished_run):
+    workdir, _ = finished_run
+    result = subprocess.run([sys.executable, "-m", "xsae.cli", "provenance",
+                             "results/tables/reconstruction.md"], cwd=workdir,
+                            capture_output=True, text=True, check=True)
+    out = result.stdout
+    for expected in ("rule table_reconstruction", "rule evaluate_reconstruction", "rule train_sae",
+                     "rule extract_features", "rule manifest", "rule download_tuxpaint",
+                     "resources/datasets/tuxpaint/unpacked"):
+        assert expected in out, f"{expected!r} missing from:\n{out}"
+    record = json.loads((workdir / "results/sae/topk_effnet/weights.safetensors.prov.json").read_text())
+    assert record["seed"] == 0 and record["params"]["run"]["k"] == 4
+    assert record["wildcards"] == {"run": "topk_effnet"}
+    assert {"torch", "numpy", "snakemake"} <= set(record["packages"])
+    assert "dirty" in record["code"] and record["started"] <= record["finished"]
+
+
+@pytest.mark.slow
+def test_report_renders(finished_run):
+    workdir, configfile = finished_run
+    snakemake(workdir, "--report", "results/report.html", configfile=configfile)
+    html = (workdir / "results/report.html").read_text(errors="replace")
+    assert len(html) > 10_000
+
+
+@pytest.mark.slow
+def test_changing_one_sae_parameter_reruns_only_what_depends_on_it(finished_run):
+    workdir, configfile = finished_run
+    assert planned_jobs(workdir, configfile) == {}
+    config = yaml.safe_load(configfile.read_text())
+    config["sae_runs"]["topk_effnet"]["k"] = 8
+    changed = write_config(config, workdir / "changed.yaml")
+    assert planned_jobs(workdir, changed) == {
+        "train_sae": 1, "evaluate_reconstruction": 1, "figure_training": 1,
+        "table_reconstruction": 1, "all": 1,
+    }
+    dry = snakemake(workdir, "--dry-run", configfile=changed).stdout
+    assert "wildcards: run=topk_minilm" not in dry
