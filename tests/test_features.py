@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -105,7 +107,7 @@ def test_a_failure_mid_extraction_leaves_no_file(manifest, encoder, tmp_path, mo
 
 def test_unreadable_image_names_the_manifest_row(manifest, encoder, tmp_path):
     table = pd.read_csv(manifest)
-    open(table["image_path"][2], "wb").write(b"not a png")
+    Path(table["image_path"][2]).write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"row 2: cannot read image"):
         extract(encoder, manifest, tmp_path / "f.h5", modalities=["image"], batch_size=4,
                 progress=False)

@@ -188,8 +188,6 @@ def test_read_manifest_header_only(tmp_path):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="read_manifest: a 0-byte file raises pandas EmptyDataError "
-                   "(not caught: only ParserError/UnicodeDecodeError are) instead of DataError")
 def test_read_manifest_zero_byte_file(tmp_path):
     path = tmp_path / "zero.csv"
     path.write_bytes(b"")

@@ -159,7 +159,7 @@ def test_same_size_same_mtime_edit_is_not_rehashed(jobs):
 
 
 def test_file_entry_reuses_producer_checksum(jobs, monkeypatch):
-    _, a, b = jobs
+    _, a, _ = jobs
     expected = sha(a)
 
     def forbidden(path):

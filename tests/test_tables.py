@@ -57,8 +57,6 @@ def test_render_subset_of_formats(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["only.md"]
 
 
-@pytest.mark.xfail(strict=True, reason="to_markdown: tabulate re-parses the pre-formatted strings as "
-                   "numbers, so 1.0 renders as '1' and 0.5 as '0.5' instead of '1.000' / '0.500'")
 def test_markdown_keeps_trailing_zeros(tmp_path):
     md = tables.to_markdown(pd.DataFrame({"x": [1.0, 0.5]}), digits=3)
     assert "1.000" in md and "0.500" in md

@@ -133,9 +133,6 @@ def test_resume_with_other_logging_cadence(small, tmp_path):
     assert weights_equal(resumed, reference)
 
 
-@pytest.mark.xfail(strict=True, reason="train(): the loss accumulator of a partly-filled logging "
-                   "interval is not checkpointed, so after resuming from a checkpoint that is not on "
-                   "a log_every boundary the next logged row averages only the post-resume steps")
 def test_resume_log_identical_off_log_boundary(small, tmp_path):
     config = tcfg(checkpoint_every=6, log_every=4)
     log_ref = train(fresh(), [small], config, progress=False)

@@ -78,6 +78,8 @@ def load(path: str | Path) -> dict[str, Any]:
             raw = yaml.safe_load(handle) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
     return validate(raw, source=str(path))
 
 

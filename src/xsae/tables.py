@@ -21,11 +21,12 @@ def to_markdown(frame: pd.DataFrame, caption: str = "", digits: int = 3) -> str:
     shown = frame.copy()
     for column, fmt in _formatters(frame, digits).items():
         shown[column] = shown[column].map(fmt)
-    body = shown.to_markdown(index=False)
+    body = shown.to_markdown(index=False, disable_numparse=True)
     return (f"{caption}\n\n{body}\n" if caption else f"{body}\n")
 
 
 def to_latex(frame: pd.DataFrame, caption: str = "", label: str = "", digits: int = 3) -> str:
+    """Cells and headers are escaped; the caption is LaTeX source, so it may carry markup."""
     styler = frame.style.hide(axis="index").format(precision=digits, escape="latex")
     styler = styler.format_index(escape="latex", axis=1)
     return styler.to_latex(caption=caption or None, label=label or None, hrules=True,

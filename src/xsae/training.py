@@ -114,6 +114,8 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
     steps_per_epoch = math.ceil(n_rows / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     step, rows, permutation = 0, [], None
+    accumulated: dict[str, torch.Tensor] = {}
+    interval_steps = 0
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
     if checkpoint_path and checkpoint_path.is_file():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
@@ -122,12 +124,12 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
             optimizer.load_state_dict(state["optimizer"])
             generator.set_state(state["generator"])
             step, rows, permutation = state["step"], state["rows"], state["permutation"]
+            accumulated, interval_steps = state["accumulated"], state["interval_steps"]
             log.info("resumed from %s at step %d/%d", checkpoint_path, step, total_steps)
         else:
             log.warning("ignoring %s: it belongs to another training config", checkpoint_path)
 
-    accumulated: dict[str, torch.Tensor] = {}
-    interval_steps, interval_start = 0, time.perf_counter()
+    interval_start = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step",
                desc="train SAE", dynamic_ncols=True)
     model.train()
@@ -162,8 +164,9 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
             bar.set_postfix(loss=f"{row['loss']:.4f}", samples_s=f"{row['samples_per_s']:.0f}")
             accumulated, interval_steps, interval_start = {}, 0, time.perf_counter()
         if checkpoint_path and (step % config.checkpoint_every == 0) and step < total_steps:
-            _save_checkpoint(checkpoint_path, model, optimizer, generator, step, rows,
-                             permutation, config)
+            _save_checkpoint(checkpoint_path, model, optimizer, generator, config, step=step,
+                             rows=rows, permutation=permutation, accumulated=accumulated,
+                             interval_steps=interval_steps)
         if stop_after_steps is not None and step >= stop_after_steps:
             break
     bar.close()
@@ -187,10 +190,10 @@ def _log_row(model: SparseAutoencoder, accumulated: dict[str, torch.Tensor], n: 
     return row
 
 
-def _save_checkpoint(path: Path, model, optimizer, generator, step, rows, permutation,
-                     config: TrainingConfig) -> None:
+def _save_checkpoint(path: Path, model, optimizer, generator, config: TrainingConfig,
+                     **progress) -> None:
+    """Everything the loop needs to continue bit-identically, including a half-done log interval."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "step": step, "rows": rows,
-             "permutation": permutation, "fingerprint": config.fingerprint()}
+             "generator": generator.get_state(), "fingerprint": config.fingerprint(), **progress}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

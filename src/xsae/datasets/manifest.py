@@ -111,7 +111,7 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: manifest not found; run the manifest rule for its dataset first")
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV manifest ({exc})") from exc
     missing = set(MANIFEST_COLUMNS) - set(table.columns)
     if missing:

@@ -142,7 +142,7 @@ def fetch_package(package: str, out_dir: Path, *, expected_sha256: str | None = 
 
 
 def _is_glyph(relative: Path) -> bool:
-    """Letters and digits are glyphs, not pictures: alphabet folders and single-digit stamps."""
+    """Letters and digits are glyphs, not pictures: alphabet folders and stamps named by digits."""
     return any(part in GLYPH_FOLDERS for part in relative.parts) or relative.stem.isdigit()
 
 
@@ -173,7 +173,7 @@ def scan_stamps(stamps_root: Path) -> tuple[list[Stamp], dict[str, int]]:
             sample_id=relative.with_suffix("").as_posix(),
             image_path=png,
             caption=caption,
-            category=relative.parent.as_posix(),
+            category=relative.parent.as_posix() if relative.parent.parts else "uncategorized",
         ))
     return stamps, skipped
 
