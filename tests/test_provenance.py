@@ -105,6 +105,33 @@ def test_folder_output_uses_tree_digest(tmp_path):
     assert provenance.read_record(folder)["outputs"][0]["sha256"] == io.sha256_tree(folder)
 
 
+def test_folder_marker_files_and_folder_stat_do_not_count_as_changes(tmp_path):
+    """Snakemake drops `.snakemake_timestamp` into folder outputs after the job; dpkg sets the
+    folder's mtime. Neither is a change of content; editing a file inside is."""
+    folder = tmp_path / "unpacked"
+    with provenance.job("unpack", [], [folder]):
+        folder.mkdir()
+        (folder / "f.txt").write_text("hi", encoding="utf-8")
+    (folder / ".snakemake_timestamp").write_text("", encoding="utf-8")
+    assert not provenance.chain(folder).modified
+    (folder / "f.txt").write_text("changed", encoding="utf-8")
+    assert provenance.chain(folder).modified
+
+
+def test_shared_inputs_are_shown_once(tmp_path):
+    source = tmp_path / "source.txt"
+    source.write_text("s", encoding="utf-8")
+    left, right, top = tmp_path / "l.txt", tmp_path / "r.txt", tmp_path / "t.txt"
+    for out in (left, right):
+        with provenance.job("split", [source], [out]):
+            out.write_text(out.name, encoding="utf-8")
+    with provenance.job("join", [left, right], [top]):
+        top.write_text("t", encoding="utf-8")
+    text = provenance.format_chain(provenance.chain(top))
+    assert text.count(f"{source}  [source") == 1
+    assert f"{source}  (shown above)" in text
+
+
 def test_chain_walks_back_to_source(jobs):
     src, a, b = jobs
     node = provenance.chain(b)
@@ -196,7 +223,7 @@ def test_cli_json(jobs, capsys):
     assert tree["path"] == str(b)
     assert tree["children"][0]["path"] == str(a)
     assert tree["children"][0]["children"][0] == {"path": str(src), "record": None, "modified": False,
-                                                  "children": []}
+                                                  "children": [], "repeated": False}
 
 
 def test_cli_without_record(jobs, capsys):

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 _CHUNK = 1 << 20
+#: Markers a workflow engine drops into folder outputs; not part of the content.
+TREE_IGNORE = frozenset({".snakemake_timestamp"})
 
 
 @contextlib.contextmanager
@@ -65,7 +67,7 @@ def sha256_tree(path: str | os.PathLike) -> str:
     """Digest of a folder: relative paths and file contents, in sorted order."""
     root = Path(path)
     digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in TREE_IGNORE):
         digest.update(file.relative_to(root).as_posix().encode())
         digest.update(b"\0")
         digest.update(sha256_file(file).encode())

@@ -178,6 +178,7 @@ class Node:
     record: dict[str, Any] | None
     modified: bool
     children: list[Node]
+    repeated: bool = False  # already shown elsewhere in the tree
 
 
 def _modified(path: Path, record: dict[str, Any] | None) -> bool:
@@ -186,7 +187,8 @@ def _modified(path: Path, record: dict[str, Any] | None) -> bool:
     for output in record.get("outputs", []):
         if output.get("path") == str(path):
             stat = _stat(path)
-            if (output.get("size"), output.get("mtime_ns")) == (stat["size"], stat["mtime_ns"]):
+            unchanged_stat = (output.get("size"), output.get("mtime_ns")) == (stat["size"], stat["mtime_ns"])
+            if unchanged_stat and not path.is_dir():  # a folder's own stat says little of its content
                 return False
             return sha256_path(path) != output.get("sha256")
     return False
@@ -198,10 +200,12 @@ def chain(path: str | os.PathLike, _seen: set[str] | None = None) -> Node:
     path = Path(path)
     key = str(path)
     record = read_record(path)
-    node = Node(key, record, _modified(path, record), [])
-    if record is None or key in seen:
-        return node
+    if key in seen:
+        return Node(key, record, False, [], repeated=True)
     seen.add(key)
+    node = Node(key, record, _modified(path, record), [])
+    if record is None:
+        return node
     node.children = [chain(entry["path"], seen) for entry in record.get("inputs", [])]
     return node
 
@@ -209,7 +213,9 @@ def chain(path: str | os.PathLike, _seen: set[str] | None = None) -> Node:
 def format_chain(node: Node, prefix: str = "", last: bool = True, root: bool = True) -> str:
     connector = "" if root else ("└─ " if last else "├─ ")
     record = node.record
-    if record is None:
+    if node.repeated:
+        line = f"{node.path}  (shown above)"
+    elif record is None:
         line = f"{node.path}  [source: no record]"
     else:
         code = record.get("code", {})
@@ -221,6 +227,10 @@ def format_chain(node: Node, prefix: str = "", last: bool = True, root: bool = T
         line = (f"{node.path}  [rule {record['rule']}"
                 f"{' ' + wildcards if wildcards else ''}; sha256 {sha}; code {commit}{dirty}; "
                 f"{record.get('finished', '')}]")
+        fetched = record.get("extra", {})
+        if fetched.get("sha256") and fetched.get("version"):
+            line += (f"  package {fetched.get('package', '')} {fetched['version']} "
+                     f"sha256 {fetched['sha256'][:12]}")
         if node.modified:
             line += "  ** MODIFIED since recorded **"
     lines = [prefix + connector + line]
