@@ -222,12 +222,21 @@ def test_update_dead_counters():
     assert model.steps_since_active(0).dtype == torch.long
 
 
+def identity_model(L: int = 6) -> SparseAutoencoder:
+    """Encoder = identity and zero biases, so the logits are the inputs themselves."""
+    model = make(dims=(L,), L=L, k=2)
+    with torch.no_grad():
+        model.enc_weight[0].copy_(torch.eye(L))
+    return model
+
+
 def test_auxk_codes_only_selects_dead():
-    model = make(dims=(3,), L=6, k=2)
+    model = identity_model()
     model.steps_since_active(0).copy_(torch.tensor([0, 10, 0, 11, 0, 3]))
     logits = torch.tensor([[9.0, 1.0, 8.0, 2.0, 7.0, 6.0],
                            [9.0, -1.0, 8.0, 0.5, 7.0, 6.0]])
-    codes, any_dead = model.auxk_codes(0, logits, k_aux=4, dead_steps=5)  # dead: {1, 3}
+    torch.testing.assert_close(model.logits(0, logits), logits)
+    codes, any_dead = model.auxk_codes(0, logits, logits, k_aux=4, dead_steps=5)  # dead: {1, 3}
     assert bool(any_dead) is True
     for row in range(2):
         picked = dict(zip(codes.indices[row].tolist(), codes.values[row].tolist(), strict=True))
@@ -241,19 +250,19 @@ def test_auxk_codes_only_selects_dead():
     assert (row1[1], row1[3]) == (0.0, 0.5)  # ReLU
     assert torch.isfinite(codes.values).all()
 
-    codes, _ = model.auxk_codes(0, logits, k_aux=1, dead_steps=5)
+    codes, _ = model.auxk_codes(0, logits, logits, k_aux=1, dead_steps=5)
     assert codes.indices.tolist() == [[3], [3]] and codes.values.tolist() == [[2.0], [0.5]]
 
 
 def test_auxk_codes_none_dead():
-    model = make(dims=(3,), L=6, k=2)
+    model = identity_model()
     model.steps_since_active(0).copy_(torch.tensor([0, 5, 0, 5, 0, 3]))  # 5 is not > 5
     logits = torch.randn(3, 6, generator=torch.Generator().manual_seed(0))
-    codes, any_dead = model.auxk_codes(0, logits, k_aux=3, dead_steps=5)
+    codes, any_dead = model.auxk_codes(0, logits, logits, k_aux=3, dead_steps=5)
     assert bool(any_dead) is False
     assert torch.equal(codes.values, torch.zeros(3, 3))
     # k_aux larger than L is clipped to L
-    codes, _ = model.auxk_codes(0, logits, k_aux=100, dead_steps=5)
+    codes, _ = model.auxk_codes(0, logits, logits, k_aux=100, dead_steps=5)
     assert codes.values.shape == (3, 6)
 
 

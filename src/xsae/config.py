@@ -129,6 +129,8 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
                     f"  sae_runs.{name}.streams: stream {stream!r} needs encoder "
                     f"{streams[stream]['encoder']!r} in features.{run['dataset']}"
                 )
+        if run["method"] == "sparc" and len(run["streams"]) < 2:
+            problems.append(f"  sae_runs.{name}.streams: method sparc needs at least two streams")
         if run["k"] > run["n_latents"]:
             problems.append(
                 f"  sae_runs.{name}.k: {run['k']} exceeds n_latents {run['n_latents']}"

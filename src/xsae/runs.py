@@ -48,8 +48,11 @@ def training_config(run: dict[str, Any], seed: int) -> TrainingConfig:
     aux = run["auxk"]
     return TrainingConfig(epochs=run["epochs"], batch_size=run["batch_size"], lr=run["lr"],
                           auxk_k=aux["k"], auxk_coef=aux["coef"], dead_steps=aux["dead_steps"],
-                          dead_threshold=aux["threshold"], log_every=run["log_every"],
-                          checkpoint_every=run["checkpoint_every"], seed=seed)
+                          dead_threshold=aux["threshold"], cross_weight=run["cross_weight"],
+                          loss_reduction=run["loss_reduction"], sampler=run["sampler"],
+                          reinit_every=run["reinit_every"], autocast=run["autocast"],
+                          log_every=run["log_every"], checkpoint_every=run["checkpoint_every"],
+                          seed=seed)
 
 
 def load_inputs(refs: Sequence[StreamRef], input_norm: str,

@@ -103,18 +103,41 @@ class SparseAutoencoder(nn.Module):
         """`[B, d_s] -> [B, L]` pre-activation logits h_s."""
         return F.linear(x - self.pre_bias[stream], self.enc_weight[stream], self.lat_bias[stream])
 
-    def select(self, logits: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
-        """TopK codes per stream; `topk` overrides the configured mode (e.g. local at inference)."""
+    def select_indices(self, logits: Sequence[torch.Tensor], topk: str | None = None) -> list[torch.Tensor]:
+        """Active latents `[B, k]` per stream: under Global TopK one index set, from Σ_s h_s, shared
+        by every stream; under Local TopK each stream's own. `topk` overrides the configured mode
+        (e.g. Local at inference for a Global model)."""
         mode = topk or self.config.topk
-        k = self.config.k
         if mode == "global":
-            indices = torch.stack(list(logits)).sum(dim=0).topk(k, dim=1, sorted=False).indices
-            return [Codes(F.relu(h.gather(1, indices)), indices) for h in logits]
-        codes = []
-        for h in logits:
-            top = h.topk(k, dim=1, sorted=False)
-            codes.append(Codes(F.relu(top.values), top.indices))
-        return codes
+            total = logits[0] if len(logits) == 1 else torch.stack(list(logits)).sum(dim=0)
+            shared = total.topk(self.config.k, dim=1, sorted=False).indices
+            return [shared] * len(logits)
+        return [h.topk(self.config.k, dim=1, sorted=False).indices for h in logits]
+
+    def select(self, logits: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
+        """TopK codes per stream: ReLU of each stream's own logits at the selected latents."""
+        return [Codes(F.relu(h.gather(1, idx)), idx)
+                for h, idx in zip(logits, self.select_indices(logits, topk), strict=True)]
+
+    def logits_at(self, stream: int, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """h_s at the given latents only, `[B, k]`, differentiable.
+
+        Costs O(B·k·d) instead of the O(B·L·d) of `logits`, and its backward touches only the k
+        selected encoder rows: training computes the dense logits once without autograd (to
+        select) and takes gradients through this.
+        """
+        rows = F.embedding(indices, self.enc_weight[stream])  # [B, k, d]
+        centred = (x - self.pre_bias[stream]).unsqueeze(2)  # [B, d, 1]
+        return torch.bmm(rows, centred).squeeze(2) + self.lat_bias[stream][indices]
+
+    def encode_for_training(self, inputs: Sequence[torch.Tensor]) -> tuple[list[Codes], list[torch.Tensor]]:
+        """Codes with gradients through the selected latents only, and the (detached) dense logits."""
+        with torch.no_grad():
+            logits = [self.logits(s, x) for s, x in enumerate(inputs)]
+        indices = self.select_indices(logits)
+        codes = [Codes(F.relu(self.logits_at(s, x, idx)), idx)
+                 for s, (x, idx) in enumerate(zip(inputs, indices, strict=True))]
+        return codes, logits
 
     def encode(self, inputs: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
         self._check_inputs(inputs)
@@ -129,19 +152,19 @@ class SparseAutoencoder(nn.Module):
         codes = self.encode(inputs)
         return [self.decode(s, c) for s, c in enumerate(codes)]
 
-    def auxk_codes(self, stream: int, logits: torch.Tensor, k_aux: int,
+    def auxk_codes(self, stream: int, x: torch.Tensor, logits: torch.Tensor, k_aux: int,
                    dead_steps: int) -> tuple[Codes, torch.Tensor]:
         """TopK of the logits restricted to dead latents, and whether any latent is dead.
 
-        Live latents are masked to −inf, so when fewer than k_aux are dead the extra picks get
-        value 0; no host sync is needed to count the dead.
+        `logits` (detached) choose the latents; values come from `logits_at`, so gradients flow
+        into the chosen rows only. Live latents are masked to −inf, so when fewer than k_aux are
+        dead the extra picks get value 0; no host sync is needed to count the dead.
         """
         dead = self.steps_since_active(stream) > dead_steps
-        masked = logits.masked_fill(~dead, float("-inf"))
-        top = masked.topk(min(k_aux, logits.shape[1]), dim=1, sorted=False)
-        values = torch.where(torch.isfinite(top.values), F.relu(top.values),
-                             torch.zeros_like(top.values))
-        return Codes(values, top.indices), dead.any()
+        masked = logits.detach().masked_fill(~dead, float("-inf"))
+        indices = masked.topk(min(k_aux, logits.shape[1]), dim=1, sorted=False).indices
+        values = F.relu(self.logits_at(stream, x, indices)) * dead[indices]
+        return Codes(values, indices), dead.any()
 
     # ---- training-state bookkeeping ----------------------------------------------------------
     @torch.no_grad()

@@ -8,6 +8,7 @@ holds everything needed to continue to the bit-identical result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -41,9 +42,25 @@ class TrainingConfig:
     cross_weight: float = 0.0
     #: "mean" averages the per-stream terms (the SPARC reference code); "sum" adds them (its Eq. 6).
     loss_reduction: str = "mean"
+    #: "permutation": a fresh row permutation per epoch; "contiguous_blocks": fixed blocks of
+    #: consecutive rows in a fresh order per epoch (the SPARC reference's sampler, for comparison).
+    sampler: str = "permutation"
+    #: Every this many steps, latents dead by the AuxK criterion get a fresh encoder row
+    #: ~ N(0, 0.01²) and a zero latent bias (SPARC). 0 disables it.
+    reinit_every: int = 0
+    reinit_std: float = 0.01
+    #: "bf16" runs the forward pass under bfloat16 autocast (weights and optimizer stay float32).
+    autocast: str = "none"
     log_every: int = 10
     checkpoint_every: int = 1000
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {"loss_reduction": ("mean", "sum"), "sampler": ("permutation", "contiguous_blocks"),
+                   "autocast": ("none", "bf16")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
 
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed (logging cadence may differ)."""
@@ -59,13 +76,12 @@ def _reduce(terms: Sequence[torch.Tensor], how: str) -> torch.Tensor:
 def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
                    config: TrainingConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
     """Total loss, its components (device tensors, one value per stream or pair) and the codes."""
-    logits = [model.logits(s, x) for s, x in enumerate(batch)]
-    codes = model.select(logits)
+    codes, logits = model.encode_for_training(batch)
     recons = [model.decode(s, c) for s, c in enumerate(codes)]
     self_terms = [nmse_per_sample(r, x).mean() for r, x in zip(recons, batch, strict=True)]
     aux_terms = []
     for s, x in enumerate(batch):
-        aux_codes, any_dead = model.auxk_codes(s, logits[s], config.auxk_k, config.dead_steps)
+        aux_codes, any_dead = model.auxk_codes(s, x, logits[s], config.auxk_k, config.dead_steps)
         residual = x - recons[s].detach()
         aux = nmse_per_sample(decode_sparse(model.dec_weight[s], aux_codes), residual).mean()
         aux_terms.append(aux * any_dead)  # no dead latents: no AuxK term, and no host sync
@@ -90,6 +106,36 @@ def _check_streams(streams: Sequence[torch.Tensor], model: SparseAutoencoder) ->
         raise DataError("no training rows")
     model._check_inputs([x[:1] for x in streams])
     return n_rows
+
+
+def epoch_order(n_rows: int, batch_size: int, sampler: str,
+                generator: torch.Generator) -> torch.Tensor:
+    """One epoch's order (on the CPU): a row permutation, or a permutation of the blocks of
+    `batch_size` consecutive rows for the contiguous-block sampler."""
+    if sampler == "permutation":
+        return torch.randperm(n_rows, generator=generator)
+    return torch.randperm(math.ceil(n_rows / batch_size), generator=generator)
+
+
+def batch_rows(order: torch.Tensor, position: int, batch_size: int, n_rows: int,
+               sampler: str) -> torch.Tensor:
+    """Row indices of batch `position` of an epoch (the short last block may come anywhere)."""
+    if sampler == "permutation":
+        return order[position * batch_size:(position + 1) * batch_size]
+    start = int(order[position]) * batch_size
+    return torch.arange(start, min(start + batch_size, n_rows))
+
+
+@torch.no_grad()
+def reinitialize_dead(model: SparseAutoencoder, dead_steps: int, std: float,
+                      generator: torch.Generator) -> None:
+    """Fresh encoder rows for dead latents, without a host sync (masked select)."""
+    for s in range(model.n_streams):
+        dead = (model.steps_since_active(s) > dead_steps).unsqueeze(1)
+        weight = model.enc_weight[s]
+        noise = torch.randn(weight.shape, generator=generator).mul_(std).to(weight.device)
+        weight.copy_(torch.where(dead, noise, weight))
+        model.lat_bias[s].masked_fill_(dead.squeeze(1), 0.0)
 
 
 def make_optimizer(model: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
@@ -129,6 +175,8 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         else:
             log.warning("ignoring %s: it belongs to another training config", checkpoint_path)
 
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.autocast == "bf16"
+                else contextlib.nullcontext())
     interval_start = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step",
                desc="train SAE", dynamic_ncols=True)
@@ -136,18 +184,23 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
         if position == 0 or permutation is None:
-            permutation = torch.randperm(n_rows, generator=generator)
-        index = permutation[position * config.batch_size:(position + 1) * config.batch_size]
+            permutation = epoch_order(n_rows, config.batch_size, config.sampler, generator)
+        index = batch_rows(permutation, position, config.batch_size, n_rows, config.sampler)
         index = index.to(device, non_blocking=True)
         batch = [x.index_select(0, index) for x in streams]
 
-        loss, components, codes = compute_losses(model, batch, config)
+        with autocast:
+            loss, components, codes = compute_losses(model, batch, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.project_decoder_grads()
         optimizer.step()
         model.normalize_decoder()
         model.update_dead_counters(codes, config.dead_threshold)
+        if config.reinit_every and step > 0 and (step + 1) % config.reinit_every == 0:
+            # Seeded by the step, so that a resumed run draws the same noise.
+            noise = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            reinitialize_dead(model, config.dead_steps, config.reinit_std, noise)
 
         for key, value in (("loss", loss.detach().reshape(1)), *components.items()):
             accumulated[key] = accumulated.get(key, 0) + value.detach()
