@@ -35,10 +35,14 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def normalize_inputs(x: np.ndarray | torch.Tensor, how: str) -> torch.Tensor:
-    """Row normalisation applied before the SAE at training and evaluation alike."""
+    """Row normalisation applied before the SAE at training and evaluation alike.
+
+    In place on float32 input (the feature array is owned by the caller's loader), so a dataset
+    is held in memory once, not twice.
+    """
     x = torch.as_tensor(x, dtype=torch.float32)
     if how == "l2":
-        return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return x.div_(x.norm(dim=1, keepdim=True).clamp_min_(1e-12))
     if how == "none":
         return x
     raise ValueError(f"input_norm must be 'l2' or 'none', got {how!r}")

@@ -72,6 +72,50 @@ def decode_sparse(weight: torch.Tensor, codes: Codes) -> torch.Tensor:
                            mode="sum")
 
 
+def embedding_bag_weight_grad(indices: torch.Tensor, coefficients: torch.Tensor, vectors: torch.Tensor,
+                              n_rows: int) -> torch.Tensor:
+    """`[n_rows, d]` with row j = Σ over (b, i) with indices[b, i] = j of coefficients[b, i] · vectors[b].
+
+    This is the weight gradient of `embedding_bag`, so it is computed by that op's fused backward,
+    never materialising the `[B, k, d]` outer products.
+    """
+    with torch.enable_grad():
+        rows = torch.zeros(n_rows, vectors.shape[1], dtype=vectors.dtype, device=vectors.device,
+                           requires_grad=True)
+        bags = F.embedding_bag(indices, rows, per_sample_weights=coefficients.to(vectors.dtype), mode="sum")
+        (grad,) = torch.autograd.grad(bags, rows, grad_outputs=vectors)
+    return grad
+
+
+class _SelectedLogits(torch.autograd.Function):
+    """h[b, indices[b, i]] from precomputed dense logits, with a sparse backward.
+
+    Forward is a gather (the dense logits were needed anyway to select the latents); backward
+    touches only the selected encoder rows: ∂W_enc[j] = Σ ∂h[b, j] (x_b − b_pre), ∂b_lat[j] = Σ ∂h[b, j],
+    ∂(x − b_pre)_b = Σ_i ∂h[b, i] W_enc[indices[b, i]].
+    """
+
+    @staticmethod
+    def forward(ctx, dense_logits, centred, weight, lat_bias, indices):
+        ctx.save_for_backward(centred, weight, indices)
+        ctx.n_latents = lat_bias.shape[0]
+        return dense_logits.gather(1, indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        centred, weight, indices = ctx.saved_tensors
+        grad_centred = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_centred = F.embedding_bag(indices, weight, per_sample_weights=grad.to(weight.dtype),
+                                           mode="sum")
+        if ctx.needs_input_grad[2]:
+            grad_weight = embedding_bag_weight_grad(indices, grad, centred.detach(), ctx.n_latents)
+        if ctx.needs_input_grad[3]:
+            grad_bias = torch.zeros(ctx.n_latents, dtype=grad.dtype, device=grad.device)
+            grad_bias.index_add_(0, indices.flatten(), grad.flatten())
+        return None, grad_centred, grad_weight, grad_bias, None
+
+
 class SparseAutoencoder(nn.Module):
     def __init__(self, config: SAEConfig, *, generator: torch.Generator | None = None):
         super().__init__()
@@ -119,24 +163,24 @@ class SparseAutoencoder(nn.Module):
         return [Codes(F.relu(h.gather(1, idx)), idx)
                 for h, idx in zip(logits, self.select_indices(logits, topk), strict=True)]
 
-    def logits_at(self, stream: int, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """h_s at the given latents only, `[B, k]`, differentiable.
+    def logits_at(self, stream: int, x: torch.Tensor, indices: torch.Tensor,
+                  dense_logits: torch.Tensor) -> torch.Tensor:
+        """h_s at the given latents, `[B, k]`, differentiable, from the (detached) dense logits.
 
-        Costs O(B·k·d) instead of the O(B·L·d) of `logits`, and its backward touches only the k
-        selected encoder rows: training computes the dense logits once without autograd (to
-        select) and takes gradients through this.
+        The dense logits are computed once without autograd to select latents; gradients then
+        reach only the selected encoder rows (see `_SelectedLogits`), so the backward pass costs
+        O(B·k·d) instead of a second O(B·L·d) product.
         """
-        rows = F.embedding(indices, self.enc_weight[stream])  # [B, k, d]
-        centred = (x - self.pre_bias[stream]).unsqueeze(2)  # [B, d, 1]
-        return torch.bmm(rows, centred).squeeze(2) + self.lat_bias[stream][indices]
+        return _SelectedLogits.apply(dense_logits.detach(), x - self.pre_bias[stream],
+                                     self.enc_weight[stream], self.lat_bias[stream], indices)
 
     def encode_for_training(self, inputs: Sequence[torch.Tensor]) -> tuple[list[Codes], list[torch.Tensor]]:
         """Codes with gradients through the selected latents only, and the (detached) dense logits."""
         with torch.no_grad():
             logits = [self.logits(s, x) for s, x in enumerate(inputs)]
         indices = self.select_indices(logits)
-        codes = [Codes(F.relu(self.logits_at(s, x, idx)), idx)
-                 for s, (x, idx) in enumerate(zip(inputs, indices, strict=True))]
+        codes = [Codes(F.relu(self.logits_at(s, x, idx, h)), idx)
+                 for s, (x, idx, h) in enumerate(zip(inputs, indices, logits, strict=True))]
         return codes, logits
 
     def encode(self, inputs: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
@@ -163,7 +207,7 @@ class SparseAutoencoder(nn.Module):
         dead = self.steps_since_active(stream) > dead_steps
         masked = logits.detach().masked_fill(~dead, float("-inf"))
         indices = masked.topk(min(k_aux, logits.shape[1]), dim=1, sorted=False).indices
-        values = F.relu(self.logits_at(stream, x, indices)) * dead[indices]
+        values = F.relu(self.logits_at(stream, x, indices, logits)) * dead[indices]
         return Codes(values, indices), dead.any()
 
     # ---- training-state bookkeeping ----------------------------------------------------------

@@ -140,7 +140,7 @@ def reinitialize_dead(model: SparseAutoencoder, dead_steps: int, std: float,
 
 def make_optimizer(model: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
     device = next(model.parameters()).device
-    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, **kwargs)
 
 
