@@ -64,6 +64,7 @@ def validate(config: Mapping[str, Any], *, source: str = "config",
     if errors:
         lines = [f"  {_key_path(e)}: {_describe(e)}" for e in errors]
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    expand_sweeps(resolved, source=source)
     check_references(resolved, source=source)
     return resolved
 
@@ -144,6 +145,41 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
             unknown("figures.dataset_overview", dataset, "dataset", datasets)
     if problems:
         raise ConfigError(f"{source}: inconsistent configuration\n" + "\n".join(problems))
+
+
+def _value_label(value: float) -> str:
+    return f"{value:g}".replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def sweep_runs(config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The runs each sweep generates: name, swept value and TopK mode, in config order."""
+    generated = {}
+    for sweep, spec in config.get("sweeps", {}).items():
+        generated[sweep] = [
+            {"run": f"{sweep}_{_value_label(value)}_{topk}", "value": value, "topk": topk,
+             "parameter": spec["parameter"]}
+            for value in spec["values"] for topk in spec["topk"]
+        ]
+    return generated
+
+
+def expand_sweeps(config: dict[str, Any], *, source: str = "config") -> None:
+    """Add every sweep's generated runs to `sae_runs` (idempotent: same names, same entries)."""
+    runs = config.setdefault("sae_runs", {})
+    for sweep, members in sweep_runs(config).items():
+        spec = config["sweeps"][sweep]
+        if spec["base"] not in runs:
+            raise ConfigError(f"{source}: sweeps.{sweep}.base: unknown SAE run {spec['base']!r}; "
+                              f"defined runs: {', '.join(sorted(runs))}")
+        for member in members:
+            entry = copy.deepcopy(runs[spec["base"]])
+            value = member["value"]
+            if spec["parameter"] in ("n_latents", "k") and value != int(value):
+                raise ConfigError(f"{source}: sweeps.{sweep}.values: {spec['parameter']} must be a "
+                                  f"whole number, got {value}")
+            entry[spec["parameter"]] = int(value) if spec["parameter"] in ("n_latents", "k") else value
+            entry["topk"] = member["topk"]
+            runs[member["run"]] = entry
 
 
 def run_seed(config: Mapping[str, Any], run: Mapping[str, Any]) -> int:
