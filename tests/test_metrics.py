@@ -7,7 +7,6 @@ import torch
 
 from xsae.metrics.reconstruction import (
     ReconstructionAccumulator,
-    dead_fraction,
     nmse,
     nmse_per_sample,
     r2_score,
@@ -68,43 +67,28 @@ def test_r2_can_be_negative():
 def test_accumulator_matches_one_shot():
     target = x64(1, (37, 6))
     recon = target + 0.3 * x64(2, (37, 6))
-    acc = ReconstructionAccumulator(n_latents=10)
-    indices = torch.tensor([[0, 1], [2, 1], [5, 0]])
-    values = torch.tensor([[1.0, 0.0], [0.5, 2.0], [0.0, 3.0]])
-    # latent 1 fires in batch 2, latent 5 has value 0 -> dead; fired: {0, 1, 2}
-    for batch, (lo, hi) in enumerate([(0, 10), (10, 11), (11, 37)]):
-        acc.update(recon[lo:hi], target[lo:hi], indices[batch:batch + 1], values[batch:batch + 1])
+    acc = ReconstructionAccumulator()
+    for lo, hi in [(0, 10), (10, 11), (11, 37)]:
+        acc.update(recon[lo:hi], target[lo:hi])
     result = acc.result()
     assert result["n_samples"] == 37
     assert result["nmse"] == pytest.approx(nmse(recon, target), abs=1e-10)
     assert result["r2"] == pytest.approx(r2_score(recon, target), abs=1e-10)
-    assert result["dead_latents"] == 7
-    assert result["dead_fraction"] == pytest.approx(0.7, abs=1e-15)
 
 
-def test_accumulator_float32_inputs_and_no_values():
+def test_accumulator_float32_inputs():
     target = x64(3, (12, 4))
     recon = target * 0.9
-    acc = ReconstructionAccumulator(n_latents=4)
-    acc.update(recon[:5].float(), target[:5].float(), torch.tensor([[0, 3]]))
+    acc = ReconstructionAccumulator()
+    acc.update(recon[:5].float(), target[:5].float())
     acc.update(recon[5:].float(), target[5:].float())
     result = acc.result()
-    # without values every listed index counts as fired
-    assert result["dead_latents"] == 2 and result["dead_fraction"] == 0.5
     assert result["r2"] == pytest.approx(r2_score(recon.float(), target.float()), abs=1e-10)
     assert result["nmse"] == pytest.approx(0.01, abs=1e-6)
 
 
 def test_accumulator_empty_raises():
     with pytest.raises(ValueError):
-        ReconstructionAccumulator(3).result()
+        ReconstructionAccumulator().result()
 
 
-def test_dead_fraction_known_answer():
-    indices = [torch.tensor([[0, 1], [2, 3]]), torch.tensor([[4, 0]])]
-    values = [torch.tensor([[1.0, 0.0], [0.2, 0.0]]), torch.tensor([[0.0, 5.0]])]
-    # non-zero: latents 0 and 2 -> 6 of 8 dead
-    assert dead_fraction(indices, values, 8) == 0.75
-    assert dead_fraction([], [], 4) == 1.0
-    with pytest.raises(ValueError):
-        dead_fraction(indices, values[:1], 8)

@@ -16,10 +16,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from xsae.datasets.manifest import label_matrices, read_labels, read_manifest
 from xsae.errors import DataError
+from xsae.evaluation import (
+    EvaluationSettings,
+    Labels,
+    encode_all,
+    evaluate_multistream,
+    top_activation_table,
+)
 from xsae.features import StreamRef, load_streams
 from xsae.io import atomic_path, write_json
-from xsae.metrics.reconstruction import ReconstructionAccumulator
+from xsae.metrics.activation import alive_matrix
+from xsae.metrics.cross_reconstruction import reconstruction_matrices
 from xsae.sae import SAEConfig, SparseAutoencoder
 from xsae.training import TrainingConfig, train
 
@@ -93,21 +102,55 @@ def train_run(run: dict[str, Any], refs: Sequence[StreamRef], *, seed: int, devi
 def evaluate_reconstruction(weights_path: str | Path, refs: Sequence[StreamRef], *,
                             input_norm: str, device: str = "auto", batch_size: int = 4096,
                             labels: dict[str, str] | None = None) -> pd.DataFrame:
-    """Tidy rows (one per stream × metric) of reconstruction quality on held-out features."""
+    """Tidy reconstruction rows on held-out features: NMSE and R² for every (target `stream`,
+    `source`) pair (self when equal, cross otherwise), and dead latents per stream."""
     torch_device = resolve_device(device)
     model = SparseAutoencoder.load(weights_path, device=torch_device).eval()
     inputs, _ = load_inputs(refs, input_norm, torch_device)
-    accumulators = [ReconstructionAccumulator(model.config.n_latents) for _ in inputs]
-    for start in range(0, inputs[0].shape[0], batch_size):
-        batch = [x[start:start + batch_size] for x in inputs]
-        codes = model.encode(batch)
-        for s, acc in enumerate(accumulators):
-            acc.update(model.decode(s, codes[s]), batch[s], codes[s].indices, codes[s].values)
-    rows = []
-    for name, acc in zip(model.config.stream_names, accumulators, strict=True):
-        for metric, value in acc.result().items():
-            rows.append({**(labels or {}), "stream": name, "metric": metric, "value": value})
+    matrices = reconstruction_matrices(model, inputs, None, batch_size)
+    alive = alive_matrix(encode_all(model, inputs, None, batch_size), model.config.n_latents)
+    names, rows = model.config.stream_names, []
+    for t, target in enumerate(names):
+        for s, source in enumerate(names):
+            for metric in ("nmse", "r2"):
+                rows.append({**(labels or {}), "stream": target, "source": source, "metric": metric,
+                             "value": float(matrices[metric][t, s])})
+        dead = int((~alive[t]).sum())
+        for metric, value in (("dead_latents", dead), ("dead_fraction", dead / model.config.n_latents),
+                              ("n_samples", inputs[0].shape[0])):
+            rows.append({**(labels or {}), "stream": target, "source": target, "metric": metric,
+                         "value": value})
     return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def evaluate_multistream_run(weights_path: str | Path, refs: Sequence[StreamRef], *, input_norm: str,
+                             manifest_path: str | Path, labels_path: str | Path,
+                             settings: EvaluationSettings, encoders: Sequence[str],
+                             device: str = "auto") -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Every SPARC metric of a run on one split, and its top-activating samples per latent.
+
+    The raw-feature retrieval baseline is computed for stream pairs of the same encoder (e.g.
+    CLIP image and text, which share an embedding space).
+    """
+    torch_device = resolve_device(device)
+    model = SparseAutoencoder.load(weights_path, device=torch_device).eval()
+    inputs, sample_ids = load_inputs(refs, input_norm, torch_device)
+    table = read_manifest(manifest_path)
+    if table["sample_id"].tolist() != sample_ids:
+        raise DataError(f"{manifest_path}: rows differ from the sample_ids of {refs[0].path}; "
+                        "re-extract the features from this manifest")
+    hierarchy = read_labels(labels_path)
+    all_levels, leaves = label_matrices(table, hierarchy)
+    labels = Labels(all_levels, leaves, [label.parent for label in hierarchy],
+                    [label.path for label in hierarchy])
+    pairs = [(s, t) for s in range(len(refs)) for t in range(len(refs))
+             if s != t and encoders[s] == encoders[t]]
+    metrics, extra = evaluate_multistream(model, inputs, labels=labels, settings=settings,
+                                          raw_baseline_pairs=pairs)
+    top = top_activation_table(extra["codes"][model.config.topk], model.config.stream_names,
+                               model.config.n_latents, settings.top_activations, sample_ids)
+    return metrics, top, {"seconds": extra["seconds"], "n_samples": len(sample_ids)}
 
 
 def write_metrics(frame: pd.DataFrame, path: str | Path) -> None:

@@ -56,8 +56,10 @@ RECONSTRUCTION_COLUMNS = {
 
 
 def reconstruction_table(metrics: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """One row per run × stream from tidy reconstruction metrics."""
+    """One row per run × stream (self-reconstruction) from tidy reconstruction metrics."""
     tidy = pd.concat(list(metrics), ignore_index=True)
+    if "source" in tidy.columns:
+        tidy = tidy[tidy["source"] == tidy["stream"]].drop(columns="source")
     keys = [c for c in ("run", "method", "dataset", "split", "stream", "n_latents", "k")
             if c in tidy.columns]
     wide = tidy.pivot_table(index=keys, columns="metric", values="value", aggfunc="first",

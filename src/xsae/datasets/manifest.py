@@ -136,3 +136,14 @@ def label_matrix(table: pd.DataFrame, n_labels: int) -> np.ndarray:
         if ids:
             matrix[row, [int(i) for i in ids.split(SEPARATOR)]] = True
     return matrix
+
+
+def label_matrices(table: pd.DataFrame, labels: Sequence[Label]) -> tuple[np.ndarray, np.ndarray]:
+    """(`[N, C]` every level of each sample's path, `[N, C]` its leaf category only)."""
+    ids = {label.path: label.id for label in labels}
+    unknown = sorted(set(table["category"]) - set(ids))
+    if unknown:
+        raise DataError(f"manifest categories missing from the label hierarchy: {unknown[:5]}")
+    leaves = np.zeros((len(table), len(labels)), dtype=bool)
+    leaves[np.arange(len(table)), [ids[c] for c in table["category"]]] = True
+    return label_matrix(table, len(labels)), leaves

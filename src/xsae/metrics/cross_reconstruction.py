@@ -19,9 +19,10 @@ from xsae.sae import SparseAutoencoder
 
 
 @torch.no_grad()
-def r2_matrix(model: SparseAutoencoder, inputs: Sequence[torch.Tensor], topk: str | None = None,
-              batch_size: int = 4096) -> torch.Tensor:
-    """float64 `[S_target, S_source]`: entry (t, s) is R²_{s→t}.
+def reconstruction_matrices(model: SparseAutoencoder, inputs: Sequence[torch.Tensor],
+                            topk: str | None = None, batch_size: int = 4096) -> dict[str, torch.Tensor]:
+    """float64 `[S_target, S_source]` matrices of every `ReconstructionAccumulator` quantity
+    ("r2", "nmse"): entry (t, s) measures D_t(z_s) against x_t.
 
     `inputs`: one `[N, d_s]` array per stream, paired by row (tensors, or anything sliceable that
     `torch.as_tensor` accepts, e.g. numpy arrays or h5py datasets). `topk` overrides the model's
@@ -35,7 +36,7 @@ def r2_matrix(model: SparseAutoencoder, inputs: Sequence[torch.Tensor], topk: st
     if any(len(x) != n_samples for x in inputs):
         raise ValueError(f"streams differ in length: {[len(x) for x in inputs]}")
     weight = model.dec_weight[0]
-    accumulators = [[ReconstructionAccumulator(model.config.n_latents) for _ in range(n_streams)]
+    accumulators = [[ReconstructionAccumulator() for _ in range(n_streams)]
                     for _ in range(n_streams)]
     for lo in range(0, n_samples, batch_size):
         batch = [torch.as_tensor(x[lo:lo + batch_size]).to(weight.device, weight.dtype) for x in inputs]
@@ -43,7 +44,20 @@ def r2_matrix(model: SparseAutoencoder, inputs: Sequence[torch.Tensor], topk: st
         for target in range(n_streams):
             for source in range(n_streams):
                 accumulators[target][source].update(model.decode(target, codes[source]), batch[target])
-    return torch.tensor([[acc.result()["r2"] for acc in row] for row in accumulators], dtype=torch.float64)
+    results = [[acc.result() for acc in row] for row in accumulators]
+    return {key: torch.tensor([[r[key] for r in row] for row in results], dtype=torch.float64)
+            for key in ("r2", "nmse")}
+
+
+def r2_matrix(model: SparseAutoencoder, inputs: Sequence[torch.Tensor], topk: str | None = None,
+              batch_size: int = 4096) -> torch.Tensor:
+    """float64 `[S_target, S_source]`: entry (t, s) is R²_{s→t}.
+
+    `inputs`: one `[N, d_s]` array per stream, paired by row (tensors, or anything sliceable that
+    `torch.as_tensor` accepts, e.g. numpy arrays or h5py datasets). `topk` overrides the model's
+    selection mode at inference ("global" / "local").
+    """
+    return reconstruction_matrices(model, inputs, topk, batch_size)["r2"]
 
 
 def self_cross_means(matrix: torch.Tensor | np.ndarray) -> tuple[float, float]:

@@ -1,14 +1,13 @@
-"""Reconstruction quality: NMSE, variance-weighted R² and dead latents.
+"""Reconstruction quality: NMSE and variance-weighted R².
 
 Definitions:
 - NMSE (Gao et al.; SPARC): per sample mean_d (x̂ − x)² / mean_d x², averaged over samples.
 - R² (SPARC §4.3): 1 − Σ_i ‖x_i − x̂_i‖² / Σ_i ‖x_i − x̄‖², x̄ the mean over the evaluation set.
-- Dead latents: latents that never take a non-zero value on the evaluation set.
+
+Which latents fire on the evaluation set is `xsae.metrics.activation`'s concern.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 
@@ -32,23 +31,20 @@ def r2_score(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 
 
 class ReconstructionAccumulator:
-    """Streams NMSE, R² and latent usage over batches in float64, so N can exceed memory.
+    """Streams NMSE and R² over batches in float64, so N can exceed memory.
 
     R²'s denominator uses Σ‖x‖² − N‖x̄‖², accumulated in float64 (cancellation stays far below
     the tolerance of any table for unit-scale features).
     """
 
-    def __init__(self, n_latents: int):
+    def __init__(self) -> None:
         self.n = 0
         self.nmse_sum = 0.0
         self.squared_error = torch.zeros((), dtype=torch.float64)
         self.sum_x: torch.Tensor | None = None
         self.sum_sq = torch.zeros((), dtype=torch.float64)
-        self.fired = torch.zeros(n_latents, dtype=torch.bool)
 
-    def update(self, reconstruction: torch.Tensor, target: torch.Tensor,
-               active_indices: torch.Tensor | None = None,
-               active_values: torch.Tensor | None = None) -> None:
+    def update(self, reconstruction: torch.Tensor, target: torch.Tensor) -> None:
         target64, recon64 = target.double().cpu(), reconstruction.double().cpu()
         self.n += target.shape[0]
         self.nmse_sum += float(nmse_per_sample(recon64, target64).sum())
@@ -56,9 +52,6 @@ class ReconstructionAccumulator:
         batch_sum = target64.sum(dim=0)
         self.sum_x = batch_sum if self.sum_x is None else self.sum_x + batch_sum
         self.sum_sq += target64.pow(2).sum()
-        if active_indices is not None:
-            alive = active_indices[active_values > 0] if active_values is not None else active_indices
-            self.fired[alive.flatten().cpu()] = True
 
     def result(self) -> dict[str, float]:
         if self.n == 0:
@@ -67,16 +60,6 @@ class ReconstructionAccumulator:
         return {
             "nmse": self.nmse_sum / self.n,
             "r2": float(1 - self.squared_error / total),
-            "dead_fraction": float((~self.fired).double().mean()),
-            "dead_latents": int((~self.fired).sum()),
             "n_samples": self.n,
         }
 
-
-def dead_fraction(codes_indices: Sequence[torch.Tensor], codes_values: Sequence[torch.Tensor],
-                  n_latents: int) -> float:
-    """Fraction of latents never non-zero in any of the given sparse code batches."""
-    fired = torch.zeros(n_latents, dtype=torch.bool)
-    for indices, values in zip(codes_indices, codes_values, strict=True):
-        fired[indices[values > 0].flatten()] = True
-    return float((~fired).double().mean())
