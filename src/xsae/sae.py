@@ -72,6 +72,24 @@ def decode_sparse(weight: torch.Tensor, codes: Codes) -> torch.Tensor:
                            mode="sum")
 
 
+def decode_sparse_many(weight: torch.Tensor, codes: Sequence[Codes]) -> list[torch.Tensor]:
+    """`decode_sparse` of several code sets through the same weight in one call.
+
+    One call means one gradient buffer for `weight` in the backward pass instead of one per
+    decode (self, cross and AuxK decodes into a stream share its decoder). Code sets may differ
+    in k and batch size.
+    """
+    if len(codes) == 1:
+        return [decode_sparse(weight, codes[0])]
+    flat_indices = torch.cat([c.indices.reshape(-1) for c in codes])
+    flat_values = torch.cat([c.values.reshape(-1) for c in codes]).to(weight.dtype)
+    bag_sizes = torch.cat([torch.full((c.indices.shape[0],), c.indices.shape[1], dtype=torch.long,
+                                      device=flat_indices.device) for c in codes])
+    offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
+    out = F.embedding_bag(flat_indices, weight, offsets, mode="sum", per_sample_weights=flat_values)
+    return list(out.split([c.indices.shape[0] for c in codes]))
+
+
 def embedding_bag_weight_grad(indices: torch.Tensor, coefficients: torch.Tensor, vectors: torch.Tensor,
                               n_rows: int) -> torch.Tensor:
     """`[n_rows, d]` with row j = Σ over (b, i) with indices[b, i] = j of coefficients[b, i] · vectors[b].
@@ -196,19 +214,26 @@ class SparseAutoencoder(nn.Module):
         codes = self.encode(inputs)
         return [self.decode(s, c) for s, c in enumerate(codes)]
 
-    def auxk_codes(self, stream: int, x: torch.Tensor, logits: torch.Tensor, k_aux: int,
-                   dead_steps: int) -> tuple[Codes, torch.Tensor]:
-        """TopK of the logits restricted to dead latents, and whether any latent is dead.
+    def auxk_indices(self, stream: int, logits: torch.Tensor, k_aux: int,
+                     dead_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """AuxK latents `[B, k_aux]` (TopK of the logits among dead latents), a `[B, k_aux]` mask of
+        picks that are really dead, and whether any latent is dead.
 
-        `logits` (detached) choose the latents; values come from `logits_at`, so gradients flow
-        into the chosen rows only. Live latents are masked to −inf, so when fewer than k_aux are
-        dead the extra picks get value 0; no host sync is needed to count the dead.
+        Live latents are masked to −inf, so when fewer than k_aux are dead the extra picks are
+        masked out; no host sync is needed to count the dead.
         """
         dead = self.steps_since_active(stream) > dead_steps
         masked = logits.detach().masked_fill(~dead, float("-inf"))
         indices = masked.topk(min(k_aux, logits.shape[1]), dim=1, sorted=False).indices
-        values = F.relu(self.logits_at(stream, x, indices, logits)) * dead[indices]
-        return Codes(values, indices), dead.any()
+        return indices, dead[indices], dead.any()
+
+    def auxk_codes(self, stream: int, x: torch.Tensor, logits: torch.Tensor, k_aux: int,
+                   dead_steps: int) -> tuple[Codes, torch.Tensor]:
+        """AuxK codes of a stream (values differentiable through `logits_at`) and whether any
+        latent is dead."""
+        indices, is_dead, any_dead = self.auxk_indices(stream, logits, k_aux, dead_steps)
+        values = F.relu(self.logits_at(stream, x, indices, logits)) * is_dead
+        return Codes(values, indices), any_dead
 
     # ---- training-state bookkeeping ----------------------------------------------------------
     @torch.no_grad()

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from xsae.errors import DataError
 from xsae.io import atomic_path
 from xsae.metrics.reconstruction import nmse_per_sample
-from xsae.sae import SparseAutoencoder, decode_sparse
+from xsae.sae import Codes, SparseAutoencoder, decode_sparse_many
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +76,47 @@ def _reduce(terms: Sequence[torch.Tensor], how: str) -> torch.Tensor:
 
 def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
                    config: TrainingConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
-    """Total loss, its components (device tensors, one value per stream or pair) and the codes."""
-    codes, logits = model.encode_for_training(batch)
-    recons = [model.decode(s, c) for s, c in enumerate(codes)]
-    self_terms = [nmse_per_sample(r, x).mean() for r, x in zip(recons, batch, strict=True)]
-    aux_terms = []
+    """Total loss, its components (device tensors, one value per stream or pair) and the codes.
+
+    Per stream, the TopK and AuxK latents are differentiated in one `logits_at` call, and every
+    decode into the stream (self, cross, AuxK) is one `decode_sparse_many` call: one gradient
+    buffer per weight matrix.
+    """
+    n = model.n_streams
+    use_aux = config.auxk_k > 0 and config.auxk_coef > 0
+    use_cross = config.cross_weight > 0 and n > 1
+    with torch.no_grad():
+        logits = [model.logits(s, x) for s, x in enumerate(batch)]
+    indices = model.select_indices(logits)
+    k = indices[0].shape[1]
+    codes, aux_codes, any_dead = [], [], []
     for s, x in enumerate(batch):
-        aux_codes, any_dead = model.auxk_codes(s, x, logits[s], config.auxk_k, config.dead_steps)
-        residual = x - recons[s].detach()
-        aux = nmse_per_sample(decode_sparse(model.dec_weight[s], aux_codes), residual).mean()
-        aux_terms.append(aux * any_dead)  # no dead latents: no AuxK term, and no host sync
+        if use_aux:
+            aux_idx, is_dead, dead = model.auxk_indices(s, logits[s], config.auxk_k, config.dead_steps)
+            h = model.logits_at(s, x, torch.cat([indices[s], aux_idx], dim=1), logits[s])
+            aux_codes.append(Codes(F.relu(h[:, k:]) * is_dead, aux_idx))
+            any_dead.append(dead)
+        else:
+            h = model.logits_at(s, x, indices[s], logits[s])
+        codes.append(Codes(F.relu(h[:, :k]), indices[s]))
+
+    self_terms, aux_terms, cross = [], [], {}
+    for t, x in enumerate(batch):
+        sources = list(range(n)) if use_cross else [t]
+        decodes = decode_sparse_many(model.dec_weight[t],
+                                     [codes[s] for s in sources] + (aux_codes[t:t + 1] if use_aux else []))
+        recons = {s: decodes[i] + model.pre_bias[t] for i, s in enumerate(sources)}
+        self_terms.append(nmse_per_sample(recons[t], x).mean())
+        cross.update({(s, t): nmse_per_sample(r, x).mean() for s, r in recons.items() if s != t})
+        if use_aux:  # no dead latents: no AuxK term, and no host sync to find out
+            aux_terms.append(nmse_per_sample(decodes[-1], x - recons[t].detach()).mean() * any_dead[t])
     total = _reduce(self_terms, config.loss_reduction)
-    if config.auxk_k > 0 and config.auxk_coef > 0:
+    components = {"self_nmse": torch.stack(self_terms)}
+    components["auxk"] = torch.stack(aux_terms) if use_aux else torch.zeros(n, device=total.device)
+    if use_aux:
         total = total + config.auxk_coef * _reduce(aux_terms, config.loss_reduction)
-    components = {"self_nmse": torch.stack(self_terms), "auxk": torch.stack(aux_terms)}
-    if config.cross_weight > 0 and model.n_streams > 1:
-        cross_terms = [nmse_per_sample(model.decode(t, codes[s]), batch[t]).mean()
-                       for s in range(model.n_streams) for t in range(model.n_streams) if s != t]
+    if use_cross:
+        cross_terms = [cross[(s, t)] for s in range(n) for t in range(n) if s != t]
         total = total + config.cross_weight * _reduce(cross_terms, config.loss_reduction)
         components["cross_nmse"] = torch.stack(cross_terms)
     return total, components, codes
