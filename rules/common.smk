@@ -10,7 +10,8 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in (LIBRARY, os.environ.get("PYTHONPATH")) if p)
 )
 
-from xsae.config import run_seed, validate  # noqa: E402
+from xsae.config import run_seed, sweep_runs, validate  # noqa: E402
+from xsae.tables import SPARC_TABLES  # noqa: E402
 
 config.update(validate(config, source="config"))
 
@@ -25,6 +26,8 @@ wildcard_constraints:
     split="train|test",
     encoder="[A-Za-z0-9_]+",
     run="[A-Za-z0-9_]+",
+    sweep="[A-Za-z0-9_]+",
+    table="|".join(SPARC_TABLES),
 
 
 def dataset_entry(wildcards):
@@ -76,6 +79,49 @@ def run_feature_files(wildcards):
     ]
 
 
+def run_manifest(wildcards):
+    return MANIFEST.format(dataset=config["sae_runs"][wildcards.run]["dataset"], split=wildcards.split)
+
+
+def run_test_manifest(wildcards):
+    return MANIFEST.format(dataset=config["sae_runs"][wildcards.run]["dataset"], split="test")
+
+
+def run_labels(wildcards):
+    return LABELS.format(dataset=config["sae_runs"][wildcards.run]["dataset"])
+
+
+SWEEPS = sweep_runs(config)
+SWEEP_RUNS = {member["run"] for members in SWEEPS.values() for member in members}
+
+
+def sweep_members(wildcards):
+    return SWEEPS[wildcards.sweep]
+
+
+def sweep_parameter(wildcards):
+    return config["sweeps"][wildcards.sweep]["parameter"]
+
+
+def sweep_inputs(wildcards):
+    return [f"results/metrics/{m['run']}/reconstruction_test.csv" for m in SWEEPS[wildcards.sweep]]
+
+
+def sparc_table_inputs(wildcards):
+    runs = config["tables"]["sparc"]["configurations"]
+    return [f"results/metrics/{run}/sparc_test.csv" for run in runs.values()]
+
+
+def sparc_reference_input(wildcards):
+    reference = config["tables"]["sparc"]["reference"]
+    return [reference] if reference else []
+
+
+def sparc_table_streams(wildcards):
+    first = next(iter(config["tables"]["sparc"]["configurations"].values()))
+    return config["sae_runs"][first]["streams"]
+
+
 def reconstruction_table_inputs(wildcards):
     spec = config["tables"]["reconstruction"]
     return [
@@ -86,10 +132,20 @@ def reconstruction_table_inputs(wildcards):
 def final_outputs():
     outputs = feature_files()
     for run in config["sae_runs"]:
-        outputs.append(f"results/figures/sae_training_{run}.png")
         outputs.append(f"results/metrics/{run}/reconstruction_test.csv")
+        if run not in SWEEP_RUNS:
+            outputs.append(f"results/figures/sae_training_{run}.png")
     if "reconstruction" in config["tables"]:
         outputs += [f"results/tables/reconstruction.{ext}" for ext in ("csv", "md", "tex")]
+    for run, entry in config["sae_runs"].items():
+        if entry["method"] == "sparc" and run not in SWEEP_RUNS:
+            outputs.append(f"results/metrics/{run}/sparc_test.csv")
+    for sweep in SWEEPS:
+        outputs.append(f"results/figures/sweep_{sweep}.png")
+    if "sparc" in config["tables"]:
+        outputs += [f"results/tables/sparc_{t}.{ext}" for t in SPARC_TABLES for ext in ("csv", "md", "tex")]
+        outputs += [f"results/figures/top_activations_{run}.png"
+                    for run in config["tables"]["sparc"]["configurations"].values()]
     for dataset in config["figures"]["dataset_overview"]:
         outputs.append(f"results/figures/dataset_overview_{dataset}.png")
     return outputs

@@ -15,3 +15,26 @@ rule evaluate_reconstruction:
         "../envs/evaluate.yaml"
     script:
         "../workflow/scripts/evaluate_reconstruction.py"
+
+
+rule evaluate_sparc:
+    """Every SPARC metric of a multi-stream run on one split, and each latent's top samples."""
+    input:
+        weights="results/sae/{run}/weights.safetensors",
+        features=run_feature_files,
+        manifest=run_manifest,
+        labels=run_labels,
+    output:
+        metrics="results/metrics/{run}/sparc_{split}.csv",
+        top="results/metrics/{run}/top_activations_{split}.csv",
+    params:
+        run=run_entry,
+        streams=run_streams,
+        evaluation=config["evaluation"],
+        device=config["device"],
+    log:
+        "results/logs/evaluate_sparc/{run}_{split}.log",
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../workflow/scripts/evaluate_sparc.py"

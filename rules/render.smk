@@ -65,3 +65,76 @@ rule figure_dataset_overview:
         "../envs/render.yaml"
     notebook:
         "../workflow/notebooks/dataset_overview.py.ipynb"
+
+
+rule table_sparc:
+    """One of SPARC's Tables 1–4 and 14 over the configurations under tables.sparc."""
+    input:
+        metrics=sparc_table_inputs,
+        reference=sparc_reference_input,
+    output:
+        csv=report(
+            "results/tables/sparc_{table}.csv",
+            caption="../workflow/report/table_sparc.rst",
+            category="Tables",
+            subcategory="SPARC",
+        ),
+        md="results/tables/sparc_{table}.md",
+        tex="results/tables/sparc_{table}.tex",
+    params:
+        spec=config["tables"].get("sparc"),
+        streams=sparc_table_streams,
+    log:
+        "results/logs/table_sparc/{table}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/table_sparc.py"
+
+
+rule figure_sweep:
+    """Self/cross NMSE against one swept parameter, Global vs Local (SPARC Figures 6–10)."""
+    input:
+        sweep_inputs,
+    output:
+        png=report(
+            "results/figures/sweep_{sweep}.png",
+            caption="../workflow/report/figure_sweep.rst",
+            category="Figures",
+            subcategory="SPARC sweeps",
+        ),
+        pdf="results/figures/sweep_{sweep}.pdf",
+        csv="results/tables/sweep_{sweep}.csv",
+    params:
+        members=sweep_members,
+        parameter=sweep_parameter,
+    log:
+        "results/logs/figure_sweep/{sweep}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/figure_sweep.py"
+
+
+rule figure_top_activations:
+    """Top-activating samples of chosen latents in every stream (SPARC Figures 3, 11–13)."""
+    input:
+        top="results/metrics/{run}/top_activations_test.csv",
+        manifest=run_test_manifest,
+    output:
+        png=report(
+            "results/figures/top_activations_{run}.png",
+            caption="../workflow/report/figure_top_activations.rst",
+            category="Figures",
+            subcategory="SPARC latents",
+        ),
+        pdf="results/figures/top_activations_{run}.pdf",
+    params:
+        n_latents=4,
+        per_stream=5,
+    log:
+        "results/logs/figure_top_activations/{run}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/figure_top_activations.py"

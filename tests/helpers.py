@@ -79,6 +79,9 @@ def tiny_config(unpacked: Path) -> dict:
         entry["batch_size"] = 8
     for run in config["sae_runs"].values():
         run.update(n_latents=64, k=4, epochs=3, batch_size=8, log_every=1, checkpoint_every=2)
+    config["sweeps"] = {"latents": {"base": "sparc_sweep_base", "parameter": "n_latents",
+                                    "values": [32, 64]}}
+    config["evaluation"].update(jaccard_top_n=3, probe_min_positives=2)
     config["figures"]["n_examples"] = 4
     return config
 

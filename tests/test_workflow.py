@@ -51,11 +51,14 @@ def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> d
 
 
 def test_default_dag_has_every_stage(tmp_path):
-    """The default config's DAG: one download, one manifest, 3 encoders × 2 splits, two SAEs."""
+    """The default config's DAG: one download, one manifest, 3 encoders × 2 splits; 2 single-stream
+    SAEs, 4 SPARC configurations and a sweep base, and 4 sweeps × 3 values × 2 TopK modes."""
     jobs = planned_jobs(tmp_path, REPO / "config" / "config.yaml")
+    runs = 2 + 4 + 1 + 4 * 3 * 2
     assert jobs == {
         "download_tuxpaint": 1, "manifest": 1, "extract_features": 6,
-        "train_sae": 2, "evaluate_reconstruction": 2, "figure_training": 2,
+        "train_sae": runs, "evaluate_reconstruction": runs, "figure_training": 7,
+        "evaluate_sparc": 5, "figure_sweep": 4, "figure_top_activations": 4, "table_sparc": 5,
         "table_reconstruction": 1, "figure_dataset_overview": 1, "all": 1,
     }
 
@@ -100,6 +103,18 @@ def test_end_to_end_outputs(finished_run):
         assert (results / f"figures/{name}.pdf").is_file()
     executed = json.loads((results / "notebooks/dataset_overview_tuxpaint.ipynb").read_text())
     assert executed["metadata"].get("papermill"), "the notebook record was not executed by papermill"
+    table1 = pd.read_csv(results / "tables/sparc_table1_activation_patterns.csv")
+    assert list(zip(table1["TopK"], table1["λ"], strict=True)) == [
+        ("Global", 1.0), ("Global", 0.0), ("Local", 1.0), ("Local", 0.0)]
+    patterns = table1[["all_dead", "1/3", "2/3", "all_alive"]].sum(axis=1)
+    assert patterns.round(6).eq(100).all(), "activation patterns must partition the latents"
+    table14 = pd.read_csv(results / "tables/sparc_table14_retrieval_r1.csv")
+    assert set(table14["inference"]) == {"global", "local"}  # Global runs at both inferences
+    assert table14.filter(like="→").stack().between(0, 1).all()
+    sweep = pd.read_csv(results / "tables/sweep_latents.csv")
+    assert sorted(sweep["value"]) == [32, 32, 64, 64] and set(sweep["topk"]) == {"global", "local"}
+    assert (results / "figures/sweep_latents.png").stat().st_size > 10_000
+    assert (results / "figures/top_activations_sparc_global_l1.png").stat().st_size > 10_000
     counts = pd.read_csv(results / "tables/label_counts_tuxpaint.csv")
     assert counts[["train", "test"]].to_numpy().sum() == N_USABLE
 
@@ -143,3 +158,11 @@ def test_changing_one_sae_parameter_reruns_only_what_depends_on_it(finished_run)
     }
     dry = snakemake(workdir, "--dry-run", configfile=changed).stdout
     assert "wildcards: run=topk_minilm" not in dry
+
+    config = yaml.safe_load(configfile.read_text())
+    config["sae_runs"]["sparc_local_l0"]["lr"] = 5e-4
+    changed = write_config(config, workdir / "changed_sparc.yaml")
+    assert planned_jobs(workdir, changed) == {
+        "train_sae": 1, "evaluate_reconstruction": 1, "figure_training": 1, "evaluate_sparc": 1,
+        "table_sparc": 5, "figure_top_activations": 1, "all": 1,
+    }

@@ -91,3 +91,104 @@ def category_counts(splits: Mapping[str, pd.DataFrame], depth: int = 1) -> pd.Da
     table = pd.concat(frames, ignore_index=True)
     table["label"] = table["category"].str.split("/").str[:depth].str.join("/")
     return table.groupby(["label", "split"]).size().unstack(fill_value=0).reset_index()
+
+
+SWEEP_LABELS = {"n_latents": "number of latents L", "k": "active latents k",
+                "cross_weight": "cross-reconstruction weight λ", "lr": "learning rate η"}
+
+
+def sweep_table(members: Sequence[dict], metrics: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Mean self and cross NMSE (over streams / ordered pairs) of each run of a sweep."""
+    rows = []
+    for member, tidy in zip(members, metrics, strict=True):
+        nmse = tidy[tidy["metric"] == "nmse"]
+        is_self = nmse["stream"] == nmse["source"]
+        rows.append({"value": member["value"], "topk": member["topk"], "run": member["run"],
+                     "self_nmse": nmse.loc[is_self, "value"].mean(),
+                     "cross_nmse": nmse.loc[~is_self, "value"].mean()})
+    return pd.DataFrame(rows).sort_values(["topk", "value"]).reset_index(drop=True)
+
+
+def sweep_figure(table: pd.DataFrame, parameter: str, title: str = "") -> plt.Figure:
+    """SPARC Figures 6–10: self/cross NMSE against the swept parameter, Global dashed and Local
+    solid; with both modes, a second panel shows the Global-vs-Local gap (Figure 7): the self cost
+    (Global − Local self NMSE) and the cross gain (Local − Global cross NMSE)."""
+    modes = sorted(set(table["topk"]))
+    both = {"global", "local"} <= set(modes)
+    figure, axes = plt.subplots(1, 2 if both else 1, figsize=(11 if both else 5.5, 3.6),
+                                constrained_layout=True, squeeze=False)
+    ax = axes[0, 0]
+    for mode in modes:
+        part = table[table["topk"] == mode]
+        style = "--" if mode == "global" else "-"
+        ax.plot(part["value"], part["self_nmse"], style, marker="o", color="C0", label=f"{mode} self")
+        if part["cross_nmse"].notna().any():
+            ax.plot(part["value"], part["cross_nmse"], style, marker="s", color="C3", label=f"{mode} cross")
+    ax.set_xlabel(SWEEP_LABELS.get(parameter, parameter))
+    ax.set_ylabel("NMSE (mean over streams / pairs)")
+    if parameter in ("lr", "cross_weight", "n_latents", "k") and (table["value"] > 0).all():
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if both:
+        merged = table[table["topk"] == "global"].merge(table[table["topk"] == "local"], on="value",
+                                                        suffixes=("_global", "_local"))
+        gap = axes[0, 1]
+        gap.plot(merged["value"], merged["self_nmse_global"] - merged["self_nmse_local"], marker="o",
+                 label="self cost (Global − Local)")
+        gap.plot(merged["value"], merged["cross_nmse_local"] - merged["cross_nmse_global"], marker="s",
+                 label="cross gain (Local − Global)")
+        gap.axhline(0, color="0.5", lw=0.8)
+        gap.set_xlabel(SWEEP_LABELS.get(parameter, parameter))
+        gap.set_ylabel("NMSE difference")
+        if (merged["value"] > 0).all():
+            gap.set_xscale("log")
+        gap.grid(alpha=0.3)
+        gap.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def pick_latents(top: pd.DataFrame, n: int) -> list[int]:
+    """Latents worth showing: active in every stream, with the largest total top activation."""
+    streams = top["stream"].nunique()
+    per_latent = top.groupby("latent").agg(streams=("stream", "nunique"), mass=("value", "sum"))
+    shared = per_latent[per_latent["streams"] == streams]
+    chosen = (shared if len(shared) else per_latent).sort_values("mass", ascending=False)
+    return chosen.index[:n].tolist()
+
+
+def top_activations_figure(top: pd.DataFrame, manifest: pd.DataFrame, latents: Sequence[int],
+                           per_stream: int = 5, title: str = "") -> plt.Figure:
+    """SPARC Figures 3, 11–13: for each latent, its top samples in each stream (image and caption)."""
+    streams = list(dict.fromkeys(top["stream"]))
+    rows = len(latents) * len(streams)
+    figure, axes = plt.subplots(rows, per_stream, figsize=(1.9 * per_stream, 2.15 * rows),
+                                constrained_layout=True, squeeze=False)
+    by_id = manifest.set_index("sample_id")
+    for li, latent in enumerate(latents):
+        for si, stream in enumerate(streams):
+            r = li * len(streams) + si
+            hits = top[(top["latent"] == latent) & (top["stream"] == stream)].sort_values("rank")
+            for c in range(per_stream):
+                ax = axes[r, c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if c == 0:
+                    ax.set_ylabel(f"latent {latent}\n{stream}", fontsize=8)
+                if c >= len(hits):
+                    for spine in ax.spines.values():
+                        spine.set_visible(False)
+                    continue
+                hit = hits.iloc[c]
+                sample = by_id.loc[hit["sample_id"]]
+                with Image.open(sample["image_path"]) as image:
+                    rgba = image.convert("RGBA")
+                canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                ax.imshow(Image.alpha_composite(canvas, rgba).convert("RGB"))
+                ax.set_title("\n".join(textwrap.wrap(sample["caption"], 22)[:2]) + f"\n{hit['value']:.3f}",
+                             fontsize=6)
+    if title:
+        figure.suptitle(title)
+    return figure

@@ -192,15 +192,6 @@ class SparseAutoencoder(nn.Module):
         return _SelectedLogits.apply(dense_logits.detach(), x - self.pre_bias[stream],
                                      self.enc_weight[stream], self.lat_bias[stream], indices)
 
-    def encode_for_training(self, inputs: Sequence[torch.Tensor]) -> tuple[list[Codes], list[torch.Tensor]]:
-        """Codes with gradients through the selected latents only, and the (detached) dense logits."""
-        with torch.no_grad():
-            logits = [self.logits(s, x) for s, x in enumerate(inputs)]
-        indices = self.select_indices(logits)
-        codes = [Codes(F.relu(self.logits_at(s, x, idx, h)), idx)
-                 for s, (x, idx, h) in enumerate(zip(inputs, indices, logits, strict=True))]
-        return codes, logits
-
     def encode(self, inputs: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
         self._check_inputs(inputs)
         return self.select([self.logits(s, x) for s, x in enumerate(inputs)], topk)

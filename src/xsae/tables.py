@@ -72,3 +72,114 @@ def reconstruction_table(metrics: Sequence[pd.DataFrame]) -> pd.DataFrame:
                                           "n_latents": "L"})
     table.columns.name = None
     return table
+
+
+# ---- SPARC tables ---------------------------------------------------------------------------
+SPARC_TABLES = ("table1_activation_patterns", "table2_jaccard", "table3_r2", "table4_probe_loss",
+                "table14_retrieval_r1")
+CONFIGURATIONS = {"global_l1": ("Global", 1.0), "global_l0": ("Global", 0.0),
+                  "local_l1": ("Local", 1.0), "local_l0": ("Local", 0.0)}
+
+
+def _value(tidy: pd.DataFrame, metric: str, **fields) -> float:
+    mask = tidy["metric"] == metric
+    for key, wanted in fields.items():
+        mask &= tidy[key].fillna("") == wanted
+    values = tidy.loc[mask, "value"]
+    return float(values.iloc[0]) if len(values) else float("nan")
+
+
+def _configuration_columns(label: str, source: str) -> dict:
+    topk, lam = CONFIGURATIONS[label]
+    return {"TopK": topk, "λ": lam, "source": source}
+
+
+def sparc_tables(metrics: dict[str, pd.DataFrame], stream_names: list[str],
+                 reference: dict | None = None, aliases: dict[str, str] | None = None,
+                 reference_dataset: str | None = None) -> dict[str, pd.DataFrame]:
+    """SPARC Tables 1–4 and 14 from the tidy metrics of each configuration (global_l1, ...).
+
+    With `reference` (config/reference/sparc.yaml), published values appear as rows with
+    source "paper"; `aliases` maps this config's stream names to the paper's.
+    """
+    aliases = aliases or {}
+    paper_name = {s: aliases.get(s, s) for s in stream_names}
+    n = len(stream_names)
+    pattern_keys = ["all_dead", *[f"{j}/{n}" for j in range(1, n)], "all_alive"]
+    pairs = [(s, t) for s in stream_names for t in stream_names if s != t]
+    table1, table2, table4, table14 = [], [], [], []
+    for label, tidy in metrics.items():
+        row = _configuration_columns(label, "reproduced")
+        row.update({key: 100 * _value(tidy, "activation_pattern", variant=key) for key in pattern_keys})
+        row.update({f"dead {s} (%)": 100 * _value(tidy, "activation_pattern", variant=f"dead_{s}")
+                    for s in stream_names})
+        table1.append(row)
+        table2.append({**_configuration_columns(label, "reproduced"),
+                       "Jaccard (top)": _value(tidy, "jaccard", variant="top"),
+                       "Jaccard (all active)": _value(tidy, "jaccard", variant="all_active")})
+        table4.append({**_configuration_columns(label, "reproduced"),
+                       **{s: _value(tidy, "probe_loss", stream=s) for s in stream_names}})
+        for mode in sorted(set(tidy.loc[tidy["metric"] == "retrieval_R@1", "inference"])):
+            if mode == "raw_features":
+                continue
+            table14.append({**_configuration_columns(label, "reproduced"), "inference": mode,
+                            **{f"{s}→{t}": _value(tidy, "retrieval_R@1", inference=mode, source=s,
+                                                  target=t) for s, t in pairs}})
+    any_metrics = next(iter(metrics.values()))
+    raw = {f"{s}→{t}": _value(any_metrics, "retrieval_R@1", inference="raw_features", source=s, target=t)
+           for s, t in pairs}
+    if any(pd.notna(v) for v in raw.values()):
+        table14.append({"TopK": "raw features", "λ": float("nan"), "source": "reproduced",
+                        "inference": "", **raw})
+    if reference:
+        for label in metrics:
+            row = _configuration_columns(label, "paper")
+            published = reference.get("table1_activation_patterns", {}).get(label, {})
+            row.update({key: published.get(key, float("nan")) for key in pattern_keys})
+            row.update({f"dead {s} (%)": published.get(f"dead_{paper_name[s]}", float("nan"))
+                        for s in stream_names})
+            table1.append(row)
+            table2.append({**_configuration_columns(label, "paper"),
+                           "Jaccard (top)": reference.get("table2_jaccard", {}).get(label, float("nan")),
+                           "Jaccard (all active)": float("nan")})
+            probes = reference.get("table4_probe_loss", {}).get(label, {})
+            table4.append({**_configuration_columns(label, "paper"),
+                           **{s: probes.get(paper_name[s], float("nan")) for s in stream_names}})
+            r1 = reference.get("table14_retrieval_r1", {}).get(reference_dataset or "", {}).get(label, {})
+            table14.append({**_configuration_columns(label, "paper"), "inference": "",
+                            **{f"{s}→{t}": r1.get(f"{paper_name[s]}->{paper_name[t]}", float("nan"))
+                               for s, t in pairs}})
+    return {"table1_activation_patterns": pd.DataFrame(table1), "table2_jaccard": pd.DataFrame(table2),
+            "table3_r2": r2_table(metrics, stream_names, reference, paper_name),
+            "table4_probe_loss": pd.DataFrame(table4), "table14_retrieval_r1": pd.DataFrame(table14)}
+
+
+def r2_table(metrics: dict[str, pd.DataFrame], stream_names: list[str], reference: dict | None = None,
+             paper_name: dict[str, str] | None = None) -> pd.DataFrame:
+    """R²(s→t), rows = targets, one column per (configuration, source), as in SPARC Table 3."""
+    paper_name = paper_name or {s: s for s in stream_names}
+    rows = []
+    for target in [*stream_names, "self mean", "cross mean"]:
+        row = {"target": target}
+        for label, tidy in metrics.items():
+            prefix = CONFIGURATIONS[label][0] + f" λ={CONFIGURATIONS[label][1]:g}"
+            for source in stream_names:
+                if target in stream_names:
+                    value = _value(tidy, "r2", source=source, target=target)
+                elif source == stream_names[0]:
+                    value = _value(tidy, "r2_self_mean" if target == "self mean" else "r2_cross_mean")
+                else:
+                    value = float("nan")
+                row[f"{prefix}: {source}"] = value
+                if reference and label in reference.get("table3_r2", {}):
+                    published = reference["table3_r2"][label]
+                    means = reference.get("table3_means", {}).get(label, {})
+                    if target in stream_names:
+                        paper = published.get(paper_name[target], {}).get(paper_name[source], float("nan"))
+                    elif source == stream_names[0]:
+                        paper = means.get("self" if target == "self mean" else "cross", float("nan"))
+                    else:
+                        paper = float("nan")
+                    row[f"{prefix}: {source} (paper)"] = paper
+        rows.append(row)
+    return pd.DataFrame(rows)
