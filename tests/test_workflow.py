@@ -105,7 +105,7 @@ def test_end_to_end_outputs(finished_run):
     assert executed["metadata"].get("papermill"), "the notebook record was not executed by papermill"
     table1 = pd.read_csv(results / "tables/sparc_table1_activation_patterns.csv")
     assert list(zip(table1["TopK"], table1["λ"], strict=True)) == [
-        ("Global", 1.0), ("Global", 0.0), ("Local", 1.0), ("Local", 0.0)]
+        ("Global", 1), ("Global", 0), ("Local", 1), ("Local", 0)]
     patterns = table1[["all_dead", "1/3", "2/3", "all_alive"]].sum(axis=1)
     assert patterns.round(6).eq(100).all(), "activation patterns must partition the latents"
     table14 = pd.read_csv(results / "tables/sparc_table14_retrieval_r1.csv")

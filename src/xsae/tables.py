@@ -13,7 +13,7 @@ FORMATS = ("csv", "md", "tex")
 
 
 def _formatters(frame: pd.DataFrame, digits: int) -> dict:
-    return {c: (lambda v, d=digits: f"{v:.{d}f}") for c in frame.columns
+    return {c: (lambda v, d=digits: "" if pd.isna(v) else f"{v:.{d}f}") for c in frame.columns
             if pd.api.types.is_float_dtype(frame[c])}
 
 
@@ -27,7 +27,7 @@ def to_markdown(frame: pd.DataFrame, caption: str = "", digits: int = 3) -> str:
 
 def to_latex(frame: pd.DataFrame, caption: str = "", label: str = "", digits: int = 3) -> str:
     """Cells and headers are escaped; the caption is LaTeX source, so it may carry markup."""
-    styler = frame.style.hide(axis="index").format(precision=digits, escape="latex")
+    styler = frame.style.hide(axis="index").format(precision=digits, escape="latex", na_rep="")
     styler = styler.format_index(escape="latex", axis=1)
     return styler.to_latex(caption=caption or None, label=label or None, hrules=True,
                            position_float="centering")
@@ -77,6 +77,13 @@ def reconstruction_table(metrics: Sequence[pd.DataFrame]) -> pd.DataFrame:
 # ---- SPARC tables ---------------------------------------------------------------------------
 SPARC_TABLES = ("table1_activation_patterns", "table2_jaccard", "table3_r2", "table4_probe_loss",
                 "table14_retrieval_r1")
+SPARC_CAPTIONS = {
+    "table1_activation_patterns": "Activation patterns across streams and dead latents per stream (%).",
+    "table2_jaccard": "Mean generalized Jaccard similarity of concept profiles.",
+    "table3_r2": "R² of reconstructing each target stream (rows) from each source stream's codes (columns).",
+    "table4_probe_loss": "Mean test loss of the best 1-D probe per task.",
+    "table14_retrieval_r1": "Latent retrieval R@1 for every ordered pair of streams.",
+}
 CONFIGURATIONS = {"global_l1": ("Global", 1.0), "global_l0": ("Global", 0.0),
                   "local_l1": ("Local", 1.0), "local_l0": ("Local", 0.0)}
 
@@ -91,7 +98,7 @@ def _value(tidy: pd.DataFrame, metric: str, **fields) -> float:
 
 def _configuration_columns(label: str, source: str) -> dict:
     topk, lam = CONFIGURATIONS[label]
-    return {"TopK": topk, "λ": lam, "source": source}
+    return {"TopK": topk, "λ": f"{lam:g}", "source": source}
 
 
 def sparc_tables(metrics: dict[str, pd.DataFrame], stream_names: list[str],
@@ -129,7 +136,7 @@ def sparc_tables(metrics: dict[str, pd.DataFrame], stream_names: list[str],
     raw = {f"{s}→{t}": _value(any_metrics, "retrieval_R@1", inference="raw_features", source=s, target=t)
            for s, t in pairs}
     if any(pd.notna(v) for v in raw.values()):
-        table14.append({"TopK": "raw features", "λ": float("nan"), "source": "reproduced",
+        table14.append({"TopK": "raw features", "λ": "", "source": "reproduced",
                         "inference": "", **raw})
     if reference:
         for label in metrics:

@@ -6,14 +6,6 @@ import yaml
 from xsae import provenance, tables
 from xsae.workflow import script
 
-CAPTIONS = {
-    "table1_activation_patterns": "Latent activation patterns across streams and per-stream dead latents (%).",
-    "table2_jaccard": "Mean generalized Jaccard similarity of concept profiles.",
-    "table3_r2": "R² of reconstructing each target stream from each source stream's codes.",
-    "table4_probe_loss": "Mean test loss of the best 1-D probe per task.",
-    "table14_retrieval_r1": "Latent retrieval R@1 for every ordered pair of streams.",
-}
-
 with script(snakemake) as log, provenance.from_snakemake(snakemake):
     spec = snakemake.params.spec
     metrics = {label: pd.read_csv(path, keep_default_na=False, na_values=[""])
@@ -26,6 +18,6 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
                                      spec["stream_names"], spec["reference_dataset"])
     table = all_tables[snakemake.wildcards.table]
     tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")},
-                  caption=CAPTIONS[snakemake.wildcards.table],
+                  caption=tables.SPARC_CAPTIONS[snakemake.wildcards.table],
                   label=f"tab:sparc-{snakemake.wildcards.table}")
     log.info("\n%s", tables.to_markdown(table))
