@@ -15,7 +15,7 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
     encoder = load_encoder(EncoderSpec.from_config(snakemake.wildcards.encoder, entry, str(device)))
     summary = extract(encoder, snakemake.input.manifest, snakemake.output[0],
                       layers=entry["layers"], batch_size=entry["batch_size"],
-                      workers=max(1, min(4, snakemake.threads - 1)),
+                      workers=min(4, max(0, snakemake.threads - 2)),  # 2 threads: decode inline
                       dataset=snakemake.wildcards.dataset, split=snakemake.wildcards.split,
                       autocast_dtype=entry["dtype"])
     log.info("%s", summary)
