@@ -123,3 +123,17 @@ def test_input_checks():
         retrieval_ranks(QUERIES, torch.zeros(5, 3))
     with pytest.raises(ValueError):
         retrieval_ranks(Codes(torch.ones(5, 1), torch.full((5, 1), 4)), GALLERY)
+
+
+def test_dense_device_path_equals_the_sparse_path():
+    """The matmul path (used on a GPU) ranks exactly like the sparse-product path, ties included."""
+    g = torch.Generator().manual_seed(5)
+    n, L, k = 60, 40, 3
+    indices = torch.stack([torch.randperm(L, generator=g)[:k] for _ in range(n)])
+    values = torch.randint(0, 3, (n, k), generator=g).float()  # many zeros and ties
+    queries = Codes(values, indices)
+    gallery = Codes(torch.roll(values, 1, dims=1), indices)
+    sparse = retrieval_ranks(queries, gallery, batch_size=7)
+    dense = retrieval_ranks(queries, gallery, batch_size=7, device="cpu")
+    assert torch.equal(sparse, dense)
+    assert (sparse == n).any(), "an all-zero query must rank last"

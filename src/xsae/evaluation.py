@@ -123,12 +123,14 @@ def evaluate_multistream(model: SparseAutoencoder, inputs: Sequence[torch.Tensor
         timings["probes"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    device = model.dec_weight[0].device
+    dense_device = device if device.type == "cuda" else None  # sparse products on the CPU
     for mode, codes in codes_by_mode.items():
         for s, source in enumerate(names):
             for t, target in enumerate(names):
                 if s == t:
                     continue
-                ranks = retrieval_ranks(codes[s], codes[t])
+                ranks = retrieval_ranks(codes[s], codes[t], device=dense_device)
                 rows += [_row(f"retrieval_{k}", v, inference=mode, source=source, target=target)
                          for k, v in retrieval_metrics(ranks).items()]
     for s, t in raw_baseline_pairs:

@@ -55,15 +55,32 @@ def _unit_dense(x: Embeddings, width: int, dtype: torch.dtype) -> torch.Tensor:
     return _unit_rows(x.detach().to(dtype))
 
 
+def _sparse_block_ranks(block: sp.csr_array, target: np.ndarray, n_gallery: int) -> np.ndarray:
+    """Ranks from a sparse score block `[B, M]` without densifying it: count the stored scores ≥
+    the target's, plus every implicit zero when the target's score is ≤ 0."""
+    nnz_per_row = np.diff(block.indptr)
+    at_least = block.data >= np.repeat(target, nnz_per_row)
+    cumulative = np.concatenate([[0], np.cumsum(at_least, dtype=np.int64)])
+    counts = cumulative[block.indptr[1:]] - cumulative[block.indptr[:-1]]
+    return counts + np.where(target <= 0, n_gallery - nnz_per_row, 0)
+
+
 def retrieval_ranks(queries: Embeddings, gallery: Embeddings, batch_size: int = 256,
-                    dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                    dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> torch.Tensor:
     """LongTensor `[N]`: 1-based pessimistic rank of gallery row i for query i under cosine similarity.
 
     `queries`: N rows, `gallery`: M ≥ N rows (rows beyond N are distractors); each dense `[·, d]` or
     `Codes`. Scores are computed in `dtype` (float64 by default, so near-ties are not rounding noise).
     A `Codes` gallery is scored on the CPU by sparse products (work ∝ the pairs of rows sharing a
-    latent, not N · M · L); a dense gallery by a dense matmul on its own device.
+    latent, not N · M · L); a dense gallery by a dense matmul on its own device. With a `device`
+    (meant for a GPU), codes are densified there and scored by matmul: N · M · L work, which a GPU
+    does far faster than a CPU does the sparse products.
     """
+    if device is not None:
+        width = _width(queries, gallery)
+        queries = _unit_dense(queries, width, dtype).to(device) if isinstance(queries, Codes) else queries
+        gallery = _unit_dense(gallery, width, dtype).to(device) if isinstance(gallery, Codes) else gallery
     n_queries = queries.indices.shape[0] if isinstance(queries, Codes) else queries.shape[0]
     n_gallery = gallery.indices.shape[0] if isinstance(gallery, Codes) else gallery.shape[0]
     if n_gallery < n_queries:
@@ -77,11 +94,16 @@ def retrieval_ranks(queries: Embeddings, gallery: Embeddings, batch_size: int = 
     for lo in range(0, n_queries, batch_size):
         chunk = (Codes(queries.values[lo:lo + batch_size], queries.indices[lo:lo + batch_size])
                  if isinstance(queries, Codes) else queries[lo:lo + batch_size])
+        if isinstance(gallery, Codes) and isinstance(chunk, Codes):
+            product = sp.csr_array(_unit_csr(chunk, width, dtype) @ gallery_t)  # [B, M], sparse
+            product.sort_indices()
+            diagonal = np.arange(product.shape[0])
+            target = np.asarray(product[diagonal, lo + diagonal]).ravel()
+            block_ranks = _sparse_block_ranks(product, target, n_gallery)
+            ranks[lo:lo + product.shape[0]] = torch.from_numpy(block_ranks)
+            continue
         if isinstance(gallery, Codes):
-            block = (_unit_csr(chunk, width, dtype) if isinstance(chunk, Codes)
-                     else _unit_dense(chunk, width, dtype).cpu().numpy())
-            product = block @ gallery_t  # [B, M]
-            scores = torch.from_numpy(product.toarray() if sp.issparse(product) else product)
+            scores = torch.from_numpy(_unit_dense(chunk, width, dtype).cpu().numpy() @ gallery_t)
         else:
             scores = _unit_dense(chunk, width, dtype).to(gallery_dense.device) @ gallery_dense.T  # [B, M]
         rows = torch.arange(scores.shape[0], device=scores.device)
