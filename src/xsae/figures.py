@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from xsae.images import load_rgb
 from xsae.io import atomic_path
 
 
@@ -60,10 +60,7 @@ def dataset_overview(splits: Mapping[str, pd.DataFrame], n_examples: int = 12, s
     grid = figure.add_gridspec(rows + 1, columns, height_ratios=[2.9] * rows + [3.6])
     for i, (_, sample) in enumerate(picks.iterrows()):
         ax = figure.add_subplot(grid[i // columns, i % columns])
-        with Image.open(sample["image_path"]) as image:
-            rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        ax.imshow(Image.alpha_composite(canvas, rgba).convert("RGB"))
+        ax.imshow(load_rgb(sample["image_path"]))
         ax.set_axis_off()
         ax.set_title("\n".join(textwrap.wrap(sample["caption"], 28)[:3]), fontsize=7)
         ax.text(0.5, -0.04, sample["category"], transform=ax.transAxes, ha="center", va="top",
@@ -183,10 +180,7 @@ def top_activations_figure(top: pd.DataFrame, manifest: pd.DataFrame, latents: S
                     continue
                 hit = hits.iloc[c]
                 sample = by_id.loc[hit["sample_id"]]
-                with Image.open(sample["image_path"]) as image:
-                    rgba = image.convert("RGBA")
-                canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                ax.imshow(Image.alpha_composite(canvas, rgba).convert("RGB"))
+                ax.imshow(load_rgb(sample["image_path"]))
                 ax.set_title("\n".join(textwrap.wrap(sample["caption"], 22)[:2]) + f"\n{hit['value']:.3f}",
                              fontsize=6)
     if title:

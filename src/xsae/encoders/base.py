@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from xsae.errors import ConfigError
+from xsae.images import to_rgb
 
 MODALITIES = ("image", "text")
 
@@ -54,16 +55,6 @@ class EncoderSpec:
 class Encoded:
     pooled: torch.Tensor  # [B, d]
     layers: list[torch.Tensor] | None = None  # one [B, d_layer] per layer
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
-    """Composite transparent images on white: stamps and clip art use alpha for their outline."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, background)
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    return image.convert("RGB")
 
 
 def paper_image_transform(resize: int = PAPER_RESIZE, crop: int = PAPER_CROP,
