@@ -8,6 +8,8 @@ Adam, decoder-gradient projection and renormalisation.
 
     python bench/bench_train.py [--steps 20] [--device cpu]
 
+Also times this project's step under bfloat16 autocast (the `autocast: bf16` run option).
+
 Prints samples/s of each, their ratio, and the ratio to the SPARC reference code measured on this
 2-core CPU (about 43 samples/s for this setting).
 """
@@ -93,8 +95,13 @@ def main() -> None:
     ours_loss = compute_losses(check, batches[0], config)[0]
     torch.testing.assert_close(ours_loss, dense_losses(check, batches[0], config), rtol=1e-4, atol=1e-5)
 
+    def bf16_losses(m, b):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return compute_losses(m, b, config)[0]
+
     results = {}
     for name, loss_fn in (("xsae", lambda m, b: compute_losses(m, b, config)[0]),
+                          ("xsae_bf16_autocast", bf16_losses),
                           ("dense_baseline", lambda m, b: dense_losses(m, b, config))):
         model = fresh()
         seconds = time_steps(model, make_optimizer(model, config.lr), batches, loss_fn, args.steps)
@@ -114,6 +121,8 @@ def main() -> None:
         "samples_per_s": {key: round(value, 1) for key, value in results.items()},
         "xsae_over_dense_baseline": round(results["xsae"] / results["dense_baseline"], 2),
         "xsae_over_reference_43_per_s": round(results["xsae"] / REFERENCE_SAMPLES_PER_S, 1),
+        "xsae_bf16_over_reference_43_per_s": round(results["xsae_bf16_autocast"] / REFERENCE_SAMPLES_PER_S,
+                                                   1),
         "xsae_over_gemm_floor": round(results["xsae"] / results["encoder_gemm_floor"], 2),
     }
     print(json.dumps(report, indent=2))
