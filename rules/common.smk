@@ -27,6 +27,7 @@ wildcard_constraints:
     encoder="[A-Za-z0-9_]+",
     run="[A-Za-z0-9_]+",
     sweep="[A-Za-z0-9_]+",
+    set="[A-Za-z0-9]+",
     table="|".join(SPARC_TABLES),
 
 
@@ -107,18 +108,22 @@ def sweep_inputs(wildcards):
     return [f"results/metrics/{m['run']}/reconstruction_test.csv" for m in SWEEPS[wildcards.sweep]]
 
 
+def sparc_set(wildcards):
+    return config["tables"]["sparc"][wildcards.set]
+
+
 def sparc_table_inputs(wildcards):
-    runs = config["tables"]["sparc"]["configurations"]
+    runs = config["tables"]["sparc"][wildcards.set]["configurations"]
     return [f"results/metrics/{run}/sparc_test.csv" for run in runs.values()]
 
 
 def sparc_reference_input(wildcards):
-    reference = config["tables"]["sparc"]["reference"]
+    reference = config["tables"]["sparc"][wildcards.set]["reference"]
     return [reference] if reference else []
 
 
 def sparc_table_streams(wildcards):
-    first = next(iter(config["tables"]["sparc"]["configurations"].values()))
+    first = next(iter(config["tables"]["sparc"][wildcards.set]["configurations"].values()))
     return config["sae_runs"][first]["streams"]
 
 
@@ -142,10 +147,11 @@ def final_outputs():
             outputs.append(f"results/metrics/{run}/sparc_test.csv")
     for sweep in SWEEPS:
         outputs.append(f"results/figures/sweep_{sweep}.png")
-    if "sparc" in config["tables"]:
-        outputs += [f"results/tables/sparc_{t}.{ext}" for t in SPARC_TABLES for ext in ("csv", "md", "tex")]
+    for name, spec in config["tables"]["sparc"].items():
+        outputs += [f"results/tables/sparc_{name}_{t}.{ext}"
+                    for t in SPARC_TABLES for ext in ("csv", "md", "tex")]
         outputs += [f"results/figures/top_activations_{run}.png"
-                    for run in config["tables"]["sparc"]["configurations"].values()]
+                    for run in spec["configurations"].values()]
     for dataset in config["figures"]["dataset_overview"]:
         outputs.append(f"results/figures/dataset_overview_{dataset}.png")
     return outputs

@@ -68,24 +68,24 @@ rule figure_dataset_overview:
 
 
 rule table_sparc:
-    """One of SPARC's Tables 1–4 and 14 over the configurations under tables.sparc."""
+    """One of SPARC's Tables 1–4 and 14 for one set under tables.sparc (e.g. one dataset)."""
     input:
         metrics=sparc_table_inputs,
         reference=sparc_reference_input,
     output:
         csv=report(
-            "results/tables/sparc_{table}.csv",
+            "results/tables/sparc_{set}_{table}.csv",
             caption="../workflow/report/table_sparc.rst",
             category="Tables",
             subcategory="SPARC",
         ),
-        md="results/tables/sparc_{table}.md",
-        tex="results/tables/sparc_{table}.tex",
+        md="results/tables/sparc_{set}_{table}.md",
+        tex="results/tables/sparc_{set}_{table}.tex",
     params:
-        spec=config["tables"].get("sparc"),
+        spec=sparc_set,
         streams=sparc_table_streams,
     log:
-        "results/logs/table_sparc/{table}.log",
+        "results/logs/table_sparc/{set}_{table}.log",
     conda:
         "../envs/render.yaml"
     script:

@@ -168,3 +168,15 @@ def test_sweep_table_means_self_and_cross():
     np.testing.assert_allclose(table[["self_nmse", "cross_nmse"]].to_numpy(), [[0.3, 0.7], [0.2, 0.9]])
     figure = figures.sweep_figure(table, "k")
     assert len(figure.axes) == 2  # NMSE panel and the Global-vs-Local gap panel
+
+
+def test_sparc_table_sets_must_name_sparc_runs():
+    config = base_config()
+    config["sae_runs"]["single"] = {"method": "topk", "dataset": "d", "streams": ["img"], "n_latents": 16,
+                                    "k": 2}
+    config["tables"] = {"sparc": {"d": {"configurations": {"global_l1": "missing"}}}}
+    with pytest.raises(ConfigError, match=r"tables\.sparc\.d\.configurations\.global_l1: unknown SAE run"):
+        validate(config)
+    config["tables"] = {"sparc": {"d": {"configurations": {"global_l1": "single"}}}}
+    with pytest.raises(ConfigError, match=r"'single' is not a sparc run"):
+        validate(config)

@@ -103,12 +103,12 @@ def test_end_to_end_outputs(finished_run):
         assert (results / f"figures/{name}.pdf").is_file()
     executed = json.loads((results / "notebooks/dataset_overview_tuxpaint.ipynb").read_text())
     assert executed["metadata"].get("papermill"), "the notebook record was not executed by papermill"
-    table1 = pd.read_csv(results / "tables/sparc_table1_activation_patterns.csv")
+    table1 = pd.read_csv(results / "tables/sparc_tuxpaint_table1_activation_patterns.csv")
     assert list(zip(table1["TopK"], table1["λ"], strict=True)) == [
         ("Global", 1), ("Global", 0), ("Local", 1), ("Local", 0)]
     patterns = table1[["all_dead", "1/3", "2/3", "all_alive"]].sum(axis=1)
     assert patterns.round(6).eq(100).all(), "activation patterns must partition the latents"
-    table14 = pd.read_csv(results / "tables/sparc_table14_retrieval_r1.csv")
+    table14 = pd.read_csv(results / "tables/sparc_tuxpaint_table14_retrieval_r1.csv")
     assert set(table14["inference"]) == {"global", "local"}  # Global runs at both inferences
     assert table14.filter(like="→").stack().between(0, 1).all()
     sweep = pd.read_csv(results / "tables/sweep_latents.csv")

@@ -140,6 +140,14 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
         for run in spec.get("runs", []):
             if run not in config.get("sae_runs", {}):
                 unknown(f"tables.{table}.runs", run, "SAE run", config.get("sae_runs", {}))
+    for name, spec in config.get("tables", {}).get("sparc", {}).items():
+        for label, run in spec["configurations"].items():
+            if run not in config.get("sae_runs", {}):
+                unknown(f"tables.sparc.{name}.configurations.{label}", run, "SAE run",
+                        config.get("sae_runs", {}))
+            elif config["sae_runs"][run]["method"] != "sparc":
+                problems.append(f"  tables.sparc.{name}.configurations.{label}: run {run!r} is not a "
+                                "sparc run")
     for dataset in config.get("figures", {}).get("dataset_overview", []):
         if dataset not in datasets:
             unknown("figures.dataset_overview", dataset, "dataset", datasets)

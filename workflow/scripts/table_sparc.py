@@ -19,5 +19,5 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
     table = all_tables[snakemake.wildcards.table]
     tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")},
                   caption=tables.SPARC_CAPTIONS[snakemake.wildcards.table],
-                  label=f"tab:sparc-{snakemake.wildcards.table}")
+                  label=f"tab:sparc-{snakemake.wildcards.set}-{snakemake.wildcards.table}")
     log.info("\n%s", tables.to_markdown(table))

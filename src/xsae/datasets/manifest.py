@@ -139,7 +139,11 @@ def label_matrix(table: pd.DataFrame, n_labels: int) -> np.ndarray:
 
 
 def label_matrices(table: pd.DataFrame, labels: Sequence[Label]) -> tuple[np.ndarray, np.ndarray]:
-    """(`[N, C]` every level of each sample's path, `[N, C]` its leaf category only)."""
+    """(`[N, C]` every level of each sample's labels, `[N, C]` its own (leaf) labels only)."""
+    if "leaf_ids" in table.columns:
+        leaves = label_matrix(table.rename(columns={"label_ids": "_all", "leaf_ids": "label_ids"}),
+                              len(labels))
+        return label_matrix(table, len(labels)), leaves
     ids = {label.path: label.id for label in labels}
     unknown = sorted(set(table["category"]) - set(ids))
     if unknown:
@@ -147,3 +151,46 @@ def label_matrices(table: pd.DataFrame, labels: Sequence[Label]) -> tuple[np.nda
     leaves = np.zeros((len(table), len(labels)), dtype=bool)
     leaves[np.arange(len(table)), [ids[c] for c in table["category"]]] = True
     return label_matrix(table, len(labels)), leaves
+
+
+def labelled_manifest(samples: pd.DataFrame,
+                      hierarchy: dict[str, str | None]) -> tuple[pd.DataFrame, list[Label]]:
+    """Manifest rows for a dataset with its own labels and label hierarchy (COCO, Open Images...).
+
+    `samples`: sample_id, image_path, caption, labels (a list of label names per row).
+    `hierarchy`: every label name → its parent's name (None at the top). `leaf_ids` holds a
+    sample's own labels; `label_ids` adds every ancestor, as the Tux Paint manifests do.
+    """
+    missing = {"sample_id", "image_path", "caption", "labels"} - set(samples.columns)
+    if missing:
+        raise DataError(f"samples table lacks columns {sorted(missing)}")
+    duplicated = samples.loc[samples["sample_id"].duplicated(), "sample_id"]
+    if len(duplicated):
+        raise DataError(f"duplicate sample_id {duplicated.iloc[0]!r}")
+    unknown = sorted({name for names in samples["labels"] for name in names} - set(hierarchy))
+    if unknown:
+        raise DataError(f"labels missing from the hierarchy: {unknown[:5]}")
+
+    def path_of(name: str) -> list[str]:
+        chain, seen = [name], {name}
+        while (parent := hierarchy[chain[-1]]) is not None:
+            if parent in seen or parent not in hierarchy:
+                raise DataError(f"label hierarchy is broken at {chain[-1]!r} → {parent!r}")
+            chain.append(parent)
+            seen.add(parent)
+        return chain[::-1]
+
+    paths = {name: "/".join(path_of(name)) for name in hierarchy}
+    ordered = sorted(hierarchy, key=lambda name: paths[name])
+    ids = {name: i for i, name in enumerate(ordered)}
+    labels = [Label(id=ids[name], path=paths[name], name=name,
+                    parent=ids[hierarchy[name]] if hierarchy[name] is not None else None,
+                    depth=len(path_of(name))) for name in ordered]
+    table = samples[["sample_id", "image_path", "caption"]].copy()
+    leaf_ids = [sorted({ids[name] for name in names}) for names in samples["labels"]]
+    all_ids = [sorted({ids[a] for name in names for a in path_of(name)}) for names in samples["labels"]]
+    table["category"] = [paths[names[0]] if len(names) else "" for names in samples["labels"]]
+    table["label_ids"] = [SEPARATOR.join(map(str, row)) for row in all_ids]
+    table["label_names"] = [SEPARATOR.join(labels[i].path for i in row) for row in all_ids]
+    table["leaf_ids"] = [SEPARATOR.join(map(str, row)) for row in leaf_ids]
+    return table.reset_index(drop=True), labels
