@@ -68,7 +68,8 @@ def test_without_optional_sections_defaults_to_empty():
     cfg = config.validate({"datasets": {"tux": {"kind": "tuxpaint_stamps"}},
                            "encoders": {"e": {"loader": "mobilenet_v2"}},
                            "features": {"tux": ["e"]}})
-    assert cfg["streams"] == {} and cfg["sae_runs"] == {} and cfg["tables"] == {}
+    assert cfg["streams"] == {} and cfg["sae_runs"] == {} and cfg["tables"] == {"sparc": {}}
+    assert cfg["sweeps"] == {}
 
 
 def test_explicit_values_are_kept():
