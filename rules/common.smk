@@ -31,6 +31,19 @@ wildcard_constraints:
     table="|".join(SPARC_TABLES),
 
 
+def _names_pattern(names):
+    """A wildcard constraint matching exactly these dataset names (nothing when empty)."""
+    return "|".join(sorted(names)) or "(?!x)x"
+
+
+TUXPAINT_DATASETS = _names_pattern(
+    name for name, entry in config["datasets"].items() if entry["kind"] == "tuxpaint_stamps"
+)
+SOURCE_DATASETS = _names_pattern(
+    name for name, entry in config["datasets"].items() if entry["kind"] != "tuxpaint_stamps"
+)
+
+
 def dataset_entry(wildcards):
     return config["datasets"][wildcards.dataset]
 
@@ -118,8 +131,13 @@ def sparc_table_inputs(wildcards):
 
 
 def sparc_reference_input(wildcards):
+    """Published numbers: a path relative to the working directory, else to this workflow."""
     reference = config["tables"]["sparc"][wildcards.set]["reference"]
-    return [reference] if reference else []
+    if not reference:
+        return []
+    if os.path.isabs(reference) or os.path.exists(reference):
+        return [reference]
+    return [os.path.join(workflow.basedir, reference)]
 
 
 def sparc_table_streams(wildcards):

@@ -1,5 +1,7 @@
 rule manifest:
     """Sample table per split (seeded, stratified) and the label hierarchy of a dataset."""
+    wildcard_constraints:
+        dataset=TUXPAINT_DATASETS,
     input:
         unpacked="resources/datasets/{dataset}/unpacked",
         record="resources/datasets/{dataset}/download.json",
@@ -15,3 +17,23 @@ rule manifest:
         "../envs/download.yaml"
     script:
         "../workflow/scripts/manifest.py"
+
+
+rule manifest_labelled:
+    """Sample tables of a paper dataset's own splits, with its labels and label hierarchy."""
+    wildcard_constraints:
+        dataset=SOURCE_DATASETS,
+    input:
+        record="resources/datasets/{dataset}/download.json",
+    output:
+        train="results/manifests/{dataset}/train.csv",
+        test="results/manifests/{dataset}/test.csv",
+        labels=LABELS,
+    params:
+        dataset=dataset_entry,
+    log:
+        "results/logs/manifest_labelled/{dataset}.log",
+    conda:
+        "../envs/download.yaml"
+    script:
+        "../workflow/scripts/manifest_labelled.py"

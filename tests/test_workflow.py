@@ -63,6 +63,23 @@ def test_default_dag_has_every_stage(tmp_path):
     }
 
 
+def test_paper_dag_builds(tmp_path):
+    """config/paper.yaml: Open Images and COCO downloads and manifests, two encoders each on GPUs,
+    the SPARC configurations on both datasets, the sweep runs of Figures 6–10, every table."""
+    jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
+    sweeps = 4 * 2 + 5 * 2 + 5 * 1 + 4 * 2  # L, k, λ (Global only), learning rate
+    runs = 8 + 1 + sweeps
+    assert jobs == {
+        "download_dataset": 2, "manifest_labelled": 2, "extract_features": 2 * 2 * 2,
+        "figure_dataset_overview": 2, "train_sae": runs, "evaluate_reconstruction": runs,
+        "evaluate_sparc": 9, "figure_training": 9, "figure_sweep": 4, "figure_top_activations": 8,
+        "table_reconstruction": 1, "table_sparc": 2 * 5, "all": 1,
+    }
+    dry = snakemake(tmp_path, "--dry-run", configfile=REPO / "config" / "paper.yaml").stdout
+    extraction = [block for block in dry.split("\n\n") if "rule extract_features:" in block]
+    assert len(extraction) == 8 and all("gpu=1" in block for block in extraction)
+
+
 def test_bad_config_fails_before_any_job(tmp_path):
     config = tiny_config(tmp_path / "tree")
     config["sae_runs"]["topk_effnet"]["streams"] = ["no_such_stream"]
