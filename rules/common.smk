@@ -153,7 +153,10 @@ def reconstruction_table_inputs(wildcards):
 
 
 def final_outputs():
-    outputs = feature_files()
+    # Every dataset's manifests, so that a listed dataset is always downloaded and checked.
+    outputs = [MANIFEST.format(dataset=dataset, split=split)
+               for dataset in config["datasets"] for split in SPLITS]
+    outputs += feature_files()
     for run in config["sae_runs"]:
         outputs.append(f"results/metrics/{run}/reconstruction_test.csv")
         if run not in SWEEP_RUNS:

@@ -64,13 +64,14 @@ def test_default_dag_has_every_stage(tmp_path):
 
 
 def test_paper_dag_builds(tmp_path):
-    """config/paper.yaml: Open Images and COCO downloads and manifests, two encoders each on GPUs,
+    """config/paper.yaml: downloads and manifests of all six datasets (Open Images, COCO, LAION,
+    Flowers, CC-3M, ImageNet val), two encoders each on GPUs for Open Images and COCO,
     the SPARC configurations on both datasets, the sweep runs of Figures 6–10, every table."""
     jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
     sweeps = 4 * 2 + 5 * 2 + 5 * 1 + 4 * 2  # L, k, λ (Global only), learning rate
     runs = 8 + 1 + sweeps
     assert jobs == {
-        "download_dataset": 2, "manifest_labelled": 2, "extract_features": 2 * 2 * 2,
+        "download_dataset": 6, "manifest_labelled": 6, "extract_features": 2 * 2 * 2,
         "figure_dataset_overview": 2, "train_sae": runs, "evaluate_reconstruction": runs,
         "evaluate_sparc": 9, "figure_training": 9, "figure_sweep": 4, "figure_top_activations": 8,
         "table_reconstruction": 1, "table_sparc": 2 * 5, "all": 1,
