@@ -1,5 +1,6 @@
 """Manifests of a paper dataset's own splits, with its label hierarchy (rule manifest_labelled)."""
 
+import json
 from pathlib import Path
 
 from xsae import provenance
@@ -17,5 +18,8 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
     write_manifest(splits, labels, {"train": snakemake.output.train, "test": snakemake.output.test},
                    snakemake.output.labels)
     counts = {split: len(table) for split, table in splits.items()}
-    log.info("%s samples, %d labels", counts, len(labels))
-    job.extra.update(samples=counts, labels=len(labels))
+    # What the download could not fetch (URL datasets lose images) stays with the manifest's record.
+    download = json.loads(Path(snakemake.input.record).read_text(encoding="utf-8"))
+    lost = {k: v for k, v in download.items() if k != "files"}
+    log.info("%s samples, %d labels; download summary: %s", counts, len(labels), lost)
+    job.extra.update(samples=counts, labels=len(labels), download=lost)
