@@ -336,3 +336,42 @@ def test_wrong_width_names_stream():
         model.encode([torch.randn(5), torch.randn(2, 3)])
     with pytest.raises(ValueError, match="2 streams"):
         model.encode([torch.randn(2, 5)])
+
+
+def batchtopk_model() -> SparseAutoencoder:
+    model = SparseAutoencoder(SAEConfig((4,), 4, 1, "global", activation="batchtopk"))
+    with torch.no_grad():
+        model.enc_weight[0].copy_(torch.eye(4))  # logits = inputs
+    return model
+
+
+def test_batchtopk_selects_the_batch_largest_and_learns_its_threshold():
+    model = batchtopk_model()
+    x = torch.tensor([[5.0, 4.0, 0.0, -1.0], [1.0, 0.0, 0.0, 0.0]])
+    model.train()
+    (codes,) = model.select([model.logits(0, x)])
+    # B·k = 2 picks over the whole batch: 5 and 4, both in row 0; row 1 gets none.
+    dense = codes.dense(4)
+    assert dense.tolist() == [[5.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]
+    assert model.batch_threshold[0].item() == 4.0 and model.batch_threshold_count.item() == 1
+    model.select([model.logits(0, torch.tensor([[2.0, 0, 0, 0], [0, 3.0, 0, 0]]))])
+    assert model.batch_threshold[0].item() == 3.0  # running mean of the smallest picks: (4 + 2) / 2
+    model.eval()
+    (codes,) = model.select([model.logits(0, torch.tensor([[3.5, 2.9, 0, 0], [0, 0, 0, 0.5]]))])
+    assert codes.dense(4).tolist() == [[3.5, 0, 0, 0], [0, 0, 0, 0]]  # only scores above 3.0
+
+
+def test_batchtopk_trains_and_round_trips():
+    from xsae.training import TrainingConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 8, generator=g)
+    model = SparseAutoencoder(SAEConfig((8,), 32, 4, "global", activation="batchtopk"), generator=g)
+    history = train(model, [x], TrainingConfig(epochs=4, batch_size=32, lr=1e-2, log_every=4),
+                    progress=False)
+    assert history["self_nmse/stream0"].iloc[-1] < history["self_nmse/stream0"].iloc[0]
+    assert model.batch_threshold[0] > 0
+    model.eval()
+    codes = model.encode([x])[0]
+    active = (codes.values > 0).sum(dim=1).float().mean()
+    assert 1 <= active <= 16, "about k latents per sample at inference"

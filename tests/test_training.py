@@ -337,7 +337,7 @@ def test_sparse_gradients_equal_the_dense_autograd_path(topk):
     def dense_losses():
         logits = [model.logits(s, x) for s, x in enumerate(batch)]
         codes = [Codes(F.relu(h.gather(1, i)), i)
-                 for h, i in zip(logits, model.select_indices([h.detach() for h in logits]), strict=True)]
+                 for h, i in zip(logits, model.select_indices([h.detach() for h in logits])[0], strict=True)]
         recons = [model.decode(s, c) for s, c in enumerate(codes)]
         self_terms = [_nmse(r, x).mean() for r, x in zip(recons, batch, strict=True)]
         aux = []

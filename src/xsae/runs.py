@@ -82,6 +82,7 @@ def train_run(run: dict[str, Any], refs: Sequence[StreamRef], *, seed: int, devi
     inputs, _ = load_inputs(refs, run["input_norm"], torch_device)
     sae_config = SAEConfig(input_dims=tuple(x.shape[1] for x in inputs),
                            n_latents=run["n_latents"], k=run["k"], topk=run["topk"],
+                           activation=run["activation"],
                            stream_names=tuple(ref.name for ref in refs))
     generator = torch.Generator().manual_seed(seed)
     model = SparseAutoencoder(sae_config, generator=generator).to(torch_device)

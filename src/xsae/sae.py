@@ -40,10 +40,15 @@ class SAEConfig:
     k: int
     topk: str = "global"  # "global" | "local"
     stream_names: tuple[str, ...] = ()
+    #: "topk": k latents per sample; "batchtopk": the B·k largest activations of the whole batch
+    #: in training, a learned threshold at inference (Bussmann et al.).
+    activation: str = "topk"
 
     def __post_init__(self) -> None:
         if self.topk not in ("global", "local"):
             raise ValueError(f"topk must be 'global' or 'local', got {self.topk!r}")
+        if self.activation not in ("topk", "batchtopk"):
+            raise ValueError(f"activation must be 'topk' or 'batchtopk', got {self.activation!r}")
         if not 1 <= self.k <= self.n_latents:
             raise ValueError(f"k={self.k} must be in [1, n_latents={self.n_latents}]")
         if not self.stream_names:
@@ -134,6 +139,10 @@ class _SelectedLogits(torch.autograd.Function):
         return None, grad_centred, grad_weight, grad_bias, None
 
 
+def _masked(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    return values if valid is None else values * valid
+
+
 class SparseAutoencoder(nn.Module):
     def __init__(self, config: SAEConfig, *, generator: torch.Generator | None = None):
         super().__init__()
@@ -151,6 +160,10 @@ class SparseAutoencoder(nn.Module):
             self.enc_weight.append(nn.Parameter(directions.clone()))
         for i in range(len(config.input_dims)):
             self.register_buffer(f"steps_since_active_{i}", torch.zeros(L, dtype=torch.long))
+        # BatchTopK's inference threshold per selection (one shared under Global TopK): the
+        # running mean over training batches of the smallest selected activation.
+        self.register_buffer("batch_threshold", torch.zeros(len(config.input_dims)))
+        self.register_buffer("batch_threshold_count", torch.zeros((), dtype=torch.long))
 
     # ---- shapes ---------------------------------------------------------------------------
     @property
@@ -165,21 +178,55 @@ class SparseAutoencoder(nn.Module):
         """`[B, d_s] -> [B, L]` pre-activation logits h_s."""
         return F.linear(x - self.pre_bias[stream], self.enc_weight[stream], self.lat_bias[stream])
 
-    def select_indices(self, logits: Sequence[torch.Tensor], topk: str | None = None) -> list[torch.Tensor]:
-        """Active latents `[B, k]` per stream: under Global TopK one index set, from Σ_s h_s, shared
-        by every stream; under Local TopK each stream's own. `topk` overrides the configured mode
-        (e.g. Local at inference for a Global model)."""
+    def select_indices(self, logits: Sequence[torch.Tensor], topk: str | None = None
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Active latents `[B, k]` per stream, and which slots are real (None: all of them).
+
+        Under Global TopK one index set, from Σ_s h_s, is shared by every stream; under Local TopK
+        each stream selects its own. `topk` overrides the configured mode (e.g. Local at
+        inference for a Global model). Under BatchTopK the number of latents varies per sample:
+        rows are padded to the batch's largest count and the padding is marked invalid.
+        """
         mode = topk or self.config.topk
+        groups = ([logits[0] if len(logits) == 1 else torch.stack(list(logits)).sum(dim=0)]
+                  if mode == "global" else list(logits))
+        if self.config.activation == "batchtopk":
+            count = self.batch_threshold_count + 1
+            picks = [self._batch_select(score, group, count) for group, score in enumerate(groups)]
+            if self.training:
+                self.batch_threshold_count.copy_(count)
+        else:
+            picks = [(score.topk(self.config.k, dim=1, sorted=False).indices, None) for score in groups]
         if mode == "global":
-            total = logits[0] if len(logits) == 1 else torch.stack(list(logits)).sum(dim=0)
-            shared = total.topk(self.config.k, dim=1, sorted=False).indices
-            return [shared] * len(logits)
-        return [h.topk(self.config.k, dim=1, sorted=False).indices for h in logits]
+            picks = picks * len(logits)
+        return [p[0] for p in picks], [p[1] for p in picks]
+
+    def _batch_select(self, score: torch.Tensor, group: int,
+                      count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BatchTopK: the B·k largest scores of the batch (training) or those above the learned
+        threshold (inference), as `[B, k_max]` indices and a validity mask (one host sync for
+        k_max)."""
+        n_rows = score.shape[0]
+        if self.training:
+            flat = score.reshape(-1).topk(min(n_rows * self.config.k, score.numel())).indices
+            chosen = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
+            chosen[flat] = True
+            chosen = chosen.view_as(score) & (score > 0)
+            with torch.no_grad():
+                smallest = score[chosen].min() if chosen.any() else score.new_zeros(())
+                self.batch_threshold[group] += (smallest - self.batch_threshold[group]) / count
+        else:
+            chosen = score > self.batch_threshold[group]
+        k_max = max(int(chosen.sum(dim=1).max()), 1)
+        top = score.masked_fill(~chosen, float("-inf")).topk(k_max, dim=1, sorted=False)
+        valid = torch.isfinite(top.values)
+        return torch.where(valid, top.indices, torch.zeros_like(top.indices)), valid
 
     def select(self, logits: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
-        """TopK codes per stream: ReLU of each stream's own logits at the selected latents."""
-        return [Codes(F.relu(h.gather(1, idx)), idx)
-                for h, idx in zip(logits, self.select_indices(logits, topk), strict=True)]
+        """Codes per stream: ReLU of each stream's own logits at the selected latents."""
+        indices, valid = self.select_indices(logits, topk)
+        return [Codes(_masked(F.relu(h.gather(1, idx)), ok), idx)
+                for h, idx, ok in zip(logits, indices, valid, strict=True)]
 
     def logits_at(self, stream: int, x: torch.Tensor, indices: torch.Tensor,
                   dense_logits: torch.Tensor) -> torch.Tensor:

@@ -87,10 +87,10 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
     use_cross = config.cross_weight > 0 and n > 1
     with torch.no_grad():
         logits = [model.logits(s, x) for s, x in enumerate(batch)]
-    indices = model.select_indices(logits)
-    k = indices[0].shape[1]
+    indices, valid = model.select_indices(logits)
     codes, aux_codes, any_dead = [], [], []
     for s, x in enumerate(batch):
+        k = indices[s].shape[1]
         if use_aux:
             aux_idx, is_dead, dead = model.auxk_indices(s, logits[s], config.auxk_k, config.dead_steps)
             h = model.logits_at(s, x, torch.cat([indices[s], aux_idx], dim=1), logits[s])
@@ -98,7 +98,8 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
             any_dead.append(dead)
         else:
             h = model.logits_at(s, x, indices[s], logits[s])
-        codes.append(Codes(F.relu(h[:, :k]), indices[s]))
+        values = F.relu(h[:, :k])
+        codes.append(Codes(values if valid[s] is None else values * valid[s], indices[s]))
 
     self_terms, aux_terms, cross = [], [], {}
     for t, x in enumerate(batch):
