@@ -40,12 +40,18 @@ class Source:
     def _named(self) -> dict[str, Any]:
         return {"dataset": self.dataset} if self.dataset else {}
 
-    def download(self, root: Path, entry: dict[str, Any]) -> dict:
-        """Run the source's download with the config entry's mirror, workers and options."""
+    def download(self, root: Path, entry: dict[str, Any], name: str | None = None) -> dict:
+        """Run the source's download with the config entry's mirror, workers and options.
+
+        `name` is the dataset's key in the config; sources that need files provided by hand use it
+        to name the exact config key in their messages.
+        """
         kwargs = {"base_url": entry.get("base_url"), "workers": entry.get("workers", 8),
                   **self._named(), **entry.get("options", {})}
         if entry.get("provided") is not None or self.kind == "imagenet_val":
             kwargs["provided"] = entry.get("provided")
+        if self.kind == "imagenet_val" and name is not None:
+            kwargs["name"] = name
         record = self.download_fn(Path(root), **kwargs)
         return {"kind": self.kind, **record}
 
