@@ -27,7 +27,7 @@ wildcard_constraints:
     encoder="[A-Za-z0-9_]+",
     run="[A-Za-z0-9_]+",
     sweep="[A-Za-z0-9_]+",
-    set="[A-Za-z0-9]+",
+    set="[A-Za-z0-9_]+",
     table="|".join(SPARC_TABLES),
 
 
@@ -170,9 +170,10 @@ def final_outputs():
         outputs.append(f"results/figures/sweep_{sweep}.png")
     for name, spec in config["tables"]["sparc"].items():
         outputs += [f"results/tables/sparc_{name}_{t}.{ext}"
-                    for t in SPARC_TABLES for ext in ("csv", "md", "tex")]
-        outputs += [f"results/figures/top_activations_{run}.png"
-                    for run in spec["configurations"].values()]
+                    for t in spec["tables"] for ext in ("csv", "md", "tex")]
+        if spec["top_activations"]:
+            outputs += [f"results/figures/top_activations_{run}.png"
+                        for run in spec["configurations"].values()]
     for dataset in config["figures"]["dataset_overview"]:
         outputs.append(f"results/figures/dataset_overview_{dataset}.png")
     return outputs

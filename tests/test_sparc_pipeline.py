@@ -158,6 +158,25 @@ def test_sparc_tables_known_values_and_published_rows():
     assert set(out) == set(tables.SPARC_TABLES)
 
 
+def test_r2_table_reads_the_published_matrix_and_means_at_a_dotted_key():
+    metrics = {"global_l1": _tidy(0.75, 0.4), "local_l1": _tidy(0.5, 0.2)}
+    reference = {"appendix_r2": {"clip": {
+        "global_l1": {"clip_img": {"clip_img": 0.657, "clip_txt": 0.574}},
+        "local_l1": {"clip_txt": {"clip_img": 0.333}}}},
+        "table3_r2": {"global_l1": {"clip_img": {"clip_img": 0.663}}},
+        "table3_r2_means": {"global_l1": {"self": 0.693}}}
+    aliases = {"a": "clip_img", "b": "clip_txt"}
+    t3 = tables.sparc_tables(metrics, ["a", "b"], reference, aliases,
+                             r2_reference="appendix_r2.clip")["table3_r2"].set_index("target")
+    assert t3.loc["a", "Global λ=1: a (paper)"] == 0.657 and t3.loc["a", "Global λ=1: b (paper)"] == 0.574
+    assert t3.loc["b", "Local λ=1: a (paper)"] == 0.333 and np.isnan(t3.loc["a", "Local λ=1: a (paper)"])
+    assert np.isnan(t3.loc["self mean", "Global λ=1: a (paper)"])  # the appendix prints no means
+    default = tables.sparc_tables(metrics, ["a", "b"], reference, aliases)["table3_r2"]
+    assert default.set_index("target").loc["self mean", "Global λ=1: a (paper)"] == 0.693
+    assert tables.reference_entry(reference, "appendix_r2.missing") == {}
+    assert tables.reference_entry(None, "table3_r2") == {}
+
+
 def test_sweep_table_means_self_and_cross():
     tidy = pd.DataFrame({"stream": ["a", "a", "b", "b"], "source": ["a", "b", "a", "b"],
                          "metric": ["nmse"] * 4, "value": [0.2, 0.6, 0.8, 0.4]})

@@ -65,20 +65,25 @@ def test_default_dag_has_every_stage(tmp_path):
 
 def test_paper_dag_builds(tmp_path):
     """config/paper.yaml: downloads and manifests of all six datasets (Open Images, COCO, LAION,
-    Flowers, CC-3M, ImageNet val), two encoders each on GPUs for Open Images and COCO,
-    the SPARC configurations on both datasets, the sweep runs of Figures 6–10, every table."""
+    Flowers, CC-3M, ImageNet val); on GPUs the ten encoders of SPARC's Table 6 on Open Images (eight
+    models) and two on COCO; the four SPARC configurations on both datasets, Global and Local on the
+    seven stream groups of Tables 7–13, the sweep runs of Figures 6–10, every table."""
     jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
     sweeps = 4 * 2 + 5 * 2 + 5 * 1 + 4 * 2  # L, k, λ (Global only), learning rate
-    runs = 8 + 1 + sweeps
+    groups = 7 * 2
+    runs = 8 + groups + 1 + sweeps
+    extraction = (8 + 2) * 2  # encoders × splits
     assert jobs == {
-        "download_dataset": 6, "manifest_labelled": 6, "extract_features": 2 * 2 * 2,
+        "download_dataset": 6, "manifest_labelled": 6, "extract_features": extraction,
         "figure_dataset_overview": 2, "train_sae": runs, "evaluate_reconstruction": runs,
-        "evaluate_sparc": 9, "figure_training": 9, "figure_sweep": 4, "figure_top_activations": 8,
-        "table_reconstruction": 1, "table_sparc": 2 * 5, "all": 1,
+        "evaluate_sparc": 9 + groups, "figure_training": 9 + groups, "figure_sweep": 4,
+        "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7, "all": 1,
     }
     dry = snakemake(tmp_path, "--dry-run", configfile=REPO / "config" / "paper.yaml").stdout
-    extraction = [block for block in dry.split("\n\n") if "rule extract_features:" in block]
-    assert len(extraction) == 8 and all("gpu=1" in block for block in extraction)
+    blocks = [block for block in dry.split("\n\n") if "rule extract_features:" in block]
+    assert len(blocks) == extraction and all("gpu=1" in block for block in blocks)
+    assert "results/tables/sparc_appendix_all_table3_r2.csv" in dry
+    assert "sparc_appendix_all_table1_activation_patterns" not in dry
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -101,13 +102,25 @@ def _configuration_columns(label: str, source: str) -> dict:
     return {"TopK": topk, "λ": f"{lam:g}", "source": source}
 
 
+def reference_entry(reference: dict | None, key: str) -> dict:
+    """The entry of `reference` at a dotted `key` (e.g. "appendix_r2.clip"); {} where absent."""
+    entry: Any = reference or {}
+    for part in key.split("."):
+        entry = entry.get(part, {}) if isinstance(entry, dict) else {}
+    return entry if isinstance(entry, dict) else {}
+
+
 def sparc_tables(metrics: dict[str, pd.DataFrame], stream_names: list[str],
                  reference: dict | None = None, aliases: dict[str, str] | None = None,
-                 reference_dataset: str | None = None) -> dict[str, pd.DataFrame]:
+                 reference_dataset: str | None = None,
+                 r2_reference: str = "table3_r2") -> dict[str, pd.DataFrame]:
     """SPARC Tables 1–4 and 14 from the tidy metrics of each configuration (global_l1, ...).
 
     With `reference` (config/reference/sparc.yaml), published values appear as rows with
-    source "paper"; `aliases` maps this config's stream names to the paper's.
+    source "paper"; `aliases` maps this config's stream names to the paper's. The R² matrix is
+    compared with the published one at `r2_reference` (Table 3 by default; the appendix's
+    stream-group Tables 7–13 live under `appendix_r2.<group>`), and with its self/cross means at
+    `<r2_reference>_means` where the paper printed them.
     """
     aliases = aliases or {}
     paper_name = {s: aliases.get(s, s) for s in stream_names}
@@ -157,14 +170,21 @@ def sparc_tables(metrics: dict[str, pd.DataFrame], stream_names: list[str],
                             **{f"{s}→{t}": r1.get(f"{paper_name[s]}->{paper_name[t]}", float("nan"))
                                for s, t in pairs}})
     return {"table1_activation_patterns": pd.DataFrame(table1), "table2_jaccard": pd.DataFrame(table2),
-            "table3_r2": r2_table(metrics, stream_names, reference, paper_name),
+            "table3_r2": r2_table(metrics, stream_names, reference_entry(reference, r2_reference),
+                                  reference_entry(reference, f"{r2_reference}_means"), paper_name),
             "table4_probe_loss": pd.DataFrame(table4), "table14_retrieval_r1": pd.DataFrame(table14)}
 
 
-def r2_table(metrics: dict[str, pd.DataFrame], stream_names: list[str], reference: dict | None = None,
+def r2_table(metrics: dict[str, pd.DataFrame], stream_names: list[str],
+             published_r2: dict | None = None, published_means: dict | None = None,
              paper_name: dict[str, str] | None = None) -> pd.DataFrame:
-    """R²(s→t), rows = targets, one column per (configuration, source), as in SPARC Table 3."""
+    """R²(s→t), rows = targets, one column per (configuration, source), as in SPARC Table 3.
+
+    `published_r2` maps configuration → target → source → value and `published_means`
+    configuration → {self, cross}; configurations found there get a "(paper)" column per source.
+    """
     paper_name = paper_name or {s: s for s in stream_names}
+    published_r2, published_means = published_r2 or {}, published_means or {}
     rows = []
     for target in [*stream_names, "self mean", "cross mean"]:
         row = {"target": target}
@@ -178,11 +198,10 @@ def r2_table(metrics: dict[str, pd.DataFrame], stream_names: list[str], referenc
                 else:
                     value = float("nan")
                 row[f"{prefix}: {source}"] = value
-                if reference and label in reference.get("table3_r2", {}):
-                    published = reference["table3_r2"][label]
-                    means = reference.get("table3_means", {}).get(label, {})
+                if label in published_r2:
+                    matrix, means = published_r2[label], published_means.get(label, {})
                     if target in stream_names:
-                        paper = published.get(paper_name[target], {}).get(paper_name[source], float("nan"))
+                        paper = matrix.get(paper_name[target], {}).get(paper_name[source], float("nan"))
                     elif source == stream_names[0]:
                         paper = means.get("self" if target == "self mean" else "cross", float("nan"))
                     else:

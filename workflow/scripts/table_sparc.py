@@ -15,9 +15,10 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
         with open(snakemake.input.reference[0], encoding="utf-8") as handle:
             reference = yaml.safe_load(handle)
     all_tables = tables.sparc_tables(metrics, list(snakemake.params.streams), reference,
-                                     spec["stream_names"], spec["reference_dataset"])
+                                     spec["stream_names"], spec["reference_dataset"],
+                                     spec["r2_reference"])
     table = all_tables[snakemake.wildcards.table]
-    tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")},
-                  caption=tables.SPARC_CAPTIONS[snakemake.wildcards.table],
+    caption = " ".join(filter(None, [spec["caption"], tables.SPARC_CAPTIONS[snakemake.wildcards.table]]))
+    tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")}, caption=caption,
                   label=f"tab:sparc-{snakemake.wildcards.set}-{snakemake.wildcards.table}")
     log.info("\n%s", tables.to_markdown(table))
