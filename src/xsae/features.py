@@ -176,8 +176,10 @@ def read_stream(ref: StreamRef) -> np.ndarray:
         except OSError as exc:
             raise DataError(f"{ref.path}: dataset {ref.key!r} is corrupt ({exc}); delete the file "
                             "and extract again") from exc
-    if not np.isfinite(values).all():
-        raise DataError(f"{ref.path}: {ref.key} holds non-finite values")
+    # Checked in blocks: a whole-array mask would cost a quarter of the features' memory again.
+    for start in range(0, len(values), 65536):
+        if not np.isfinite(values[start:start + 65536]).all():
+            raise DataError(f"{ref.path}: {ref.key} holds non-finite values (from row {start})")
     return values.astype(np.float32, copy=False)
 
 
