@@ -48,6 +48,12 @@ def dataset_entry(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
+def download_record(wildcards):
+    """The download a dataset's manifest reads: its own, or that of the entry named by files_of."""
+    entry = config["datasets"][wildcards.dataset]
+    return f"resources/datasets/{entry['files_of'] or wildcards.dataset}/download.json"
+
+
 def encoder_entry(wildcards):
     return config["encoders"][wildcards.encoder]
 

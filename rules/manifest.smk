@@ -24,7 +24,7 @@ rule manifest_labelled:
     wildcard_constraints:
         dataset=SOURCE_DATASETS,
     input:
-        record="resources/datasets/{dataset}/download.json",
+        record=download_record,
     output:
         train="results/manifests/{dataset}/train.csv",
         test="results/manifests/{dataset}/test.csv",

@@ -301,3 +301,15 @@ def test_run_seed():
     assert config.run_seed(cfg, {**cfg["sae_runs"]["r"], "seed": 3}) == 3
     assert config.run_seed(cfg, {**cfg["sae_runs"]["r"], "seed": 0}) == 0  # 0 is a seed, not "unset"
     assert config.run_seed({"seed": 11}, {}) == 11
+
+
+def test_files_of_must_name_another_dataset_of_the_same_kind():
+    raw = minimal()
+    raw["datasets"]["coco"] = {"kind": "coco2017"}
+    raw["datasets"]["coco_each"] = {"kind": "coco2017", "files_of": "coco",
+                                    "manifest_options": {"captions": "each"}}
+    assert config.validate(copy.deepcopy(raw))["datasets"]["coco_each"]["files_of"] == "coco"
+    raw["datasets"]["coco_each"]["files_of"] = "nowhere"
+    assert "datasets.coco_each.files_of: unknown dataset 'nowhere'" in error_of(copy.deepcopy(raw))
+    raw["datasets"]["coco_each"]["files_of"] = "tux"
+    assert "must be a dataset of the same kind (coco2017)" in error_of(raw)

@@ -16,6 +16,7 @@ from http_fixtures import loopback_server
 from PIL import Image
 
 from xsae.datasets import coco, flowers, imagenet, manifest
+from xsae.datasets.sources import source_for
 from xsae.errors import ConfigError, DataError, DownloadError
 
 
@@ -153,6 +154,17 @@ def test_coco_download_samples_hierarchy_and_instances(tmp_path):
     assert found.get(3, []) == []
     with pytest.raises(ConfigError, match="split must be one of"):
         coco.samples(root, "val")
+
+    each = coco.samples(root, "train", captions="each")
+    assert each["sample_id"].tolist() == ["000000000001_5", "000000000001_12", "000000000001_30",
+                                          "000000000002_" + each["sample_id"][3].split("_")[1],
+                                          "000000000003_" + each["sample_id"][4].split("_")[1]]
+    assert each["caption"].tolist() == ["A dog next to a person.", "Second one", "Third caption.",
+                                        "A red bicycle.", "An empty street."]
+    assert each["image_path"].tolist()[:3] == [train["image_path"][0]] * 3
+    assert each["labels"].tolist()[:4] == [["person", "dog"]] * 3 + [["bicycle"]]
+    with pytest.raises(ConfigError, match="captions must be 'joined' or 'each'"):
+        coco.samples(root, "train", captions="both")
 
 
 def test_coco_tables_fit_the_manifest_contract(tmp_path):
@@ -413,3 +425,16 @@ def test_imagenet_kaggle_layout_and_archives(tmp_path):
     archive_test = imagenet.samples(root, "test")
     assert archive_test["labels"].tolist() == kaggle_test["labels"].tolist()
     assert archive_test["sample_id"].tolist() == kaggle_test["sample_id"].tolist()
+
+
+def test_manifest_options_reach_the_source_and_unknown_ones_are_named(tmp_path):
+    bodies = _coco_bodies()
+    root = tmp_path / "coco"
+    with loopback_server() as server:
+        coco.download(root, base_url=_serve(server, "/coco", bodies), workers=2, progress=False,
+                      sources=_sources(coco.SOURCES, bodies))
+    source = source_for("coco2017")
+    assert len(source.samples(root, "train", {"captions": "each"})) == 5
+    assert len(source.samples(root, "train")) == 3
+    with pytest.raises(ConfigError, match=r"manifest_options: \['colour'\] are not options of the coco2017"):
+        source.samples(root, "train", {"colour": "red"})

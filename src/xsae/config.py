@@ -103,6 +103,15 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
                 f"  encoders.{name}.loader: unknown loader {encoder['loader']!r}; "
                 f"available loaders: {', '.join(sorted(LOADERS))}"
             )
+    for name, entry in datasets.items():
+        other = entry.get("files_of")
+        if other is None:
+            continue
+        if other not in datasets or other == name:
+            unknown(f"datasets.{name}.files_of", other, "dataset", set(datasets) - {name})
+        elif datasets[other]["kind"] != entry["kind"] or datasets[other].get("files_of"):
+            problems.append(f"  datasets.{name}.files_of: {other!r} must be a dataset of the same kind "
+                            f"({entry['kind']}) that downloads its own files")
     for dataset, names in config["features"].items():
         if dataset not in datasets:
             unknown(f"features.{dataset}", dataset, "dataset", datasets)

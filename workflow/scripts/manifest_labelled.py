@@ -9,12 +9,14 @@ from xsae.datasets.sources import source_for
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
-    source = source_for(snakemake.params.dataset["kind"])
+    entry = snakemake.params.dataset
+    source = source_for(entry["kind"])
     root = Path(snakemake.input.record).parent / "files"
     hierarchy = source.hierarchy(root)
     splits = {}
     for split in ("train", "test"):
-        splits[split], labels = labelled_manifest(source.samples(root, split), hierarchy)
+        splits[split], labels = labelled_manifest(source.samples(root, split, entry["manifest_options"]),
+                                                       hierarchy)
     write_manifest(splits, labels, {"train": snakemake.output.train, "test": snakemake.output.test},
                    snakemake.output.labels)
     counts = {split: len(table) for split, table in splits.items()}

@@ -224,7 +224,7 @@ def _category_names(instances: dict) -> dict[int, str]:
     return {c["id"]: c["name"] for c in sorted(instances["categories"], key=lambda c: c["id"])}
 
 
-def samples(root: Path, split: str) -> pd.DataFrame:
+def samples(root: Path, split: str, *, captions: str = "joined") -> pd.DataFrame:
     """One row per image of the split (train → train2017, test → val2017), sorted by image id.
 
     `sample_id` is the 12-digit image id of the file name (`int(sample_id)` is COCO's image id).
@@ -232,27 +232,35 @@ def samples(root: Path, split: str) -> pd.DataFrame:
     joined with `CAPTION_JOINER` (a space), as the SPARC reference does. `labels`: the names of the
     instance categories present in the image, in category-id order ([] for the ~1% of images without
     instances); their supercategories come from `hierarchy`.
+
+    `captions="each"` gives one row per (image, caption) instead, as image–text retrieval needs:
+    `sample_id` is `<image id>_<annotation id>`, and rows of one image share its `image_path`.
     """
+    if captions not in ("joined", "each"):
+        raise ConfigError(f"COCO manifest option captions must be 'joined' or 'each', got {captions!r}")
     root = Path(root)
-    captions = _load(annotation_path(root, "captions", split))
+    caption_table = _load(annotation_path(root, "captions", split))
     instances = _load(annotation_path(root, "instances", split))
     names = _category_names(instances)
     texts: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for ann in captions["annotations"]:
+    for ann in caption_table["annotations"]:
         texts[ann["image_id"]].append((ann["id"], " ".join(str(ann["caption"]).split())))
     present: dict[int, set[int]] = defaultdict(set)
     for ann in instances["annotations"]:
         present[ann["image_id"]].add(ann["category_id"])
     folder = image_dir(root, split)
     rows = []
-    for image in sorted(captions["images"], key=lambda im: im["id"]):
+    for image in sorted(caption_table["images"], key=lambda im: im["id"]):
         image_id = image["id"]
-        rows.append({
-            "sample_id": Path(image["file_name"]).stem,
-            "image_path": str(folder / image["file_name"]),
-            "caption": CAPTION_JOINER.join(text for _, text in sorted(texts.get(image_id, ()))),
-            "labels": [names[c] for c in sorted(present.get(image_id, ()))],
-        })
+        stem, path = Path(image["file_name"]).stem, str(folder / image["file_name"])
+        labels = [names[c] for c in sorted(present.get(image_id, ()))]
+        ordered = sorted(texts.get(image_id, ()))
+        if captions == "each":
+            rows += [{"sample_id": f"{stem}_{ann_id}", "image_path": path, "caption": text,
+                      "labels": list(labels)} for ann_id, text in ordered]
+        else:
+            rows.append({"sample_id": stem, "image_path": path,
+                         "caption": CAPTION_JOINER.join(text for _, text in ordered), "labels": labels})
     return pd.DataFrame(rows, columns=["sample_id", "image_path", "caption", "labels"])
 
 

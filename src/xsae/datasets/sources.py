@@ -55,8 +55,16 @@ class Source:
         record = self.download_fn(Path(root), **kwargs)
         return {"kind": self.kind, **record}
 
-    def samples(self, root: Path, split: str) -> pd.DataFrame:
-        return self.samples_fn(Path(root), split, **self._named())
+    def samples(self, root: Path, split: str, options: dict[str, Any] | None = None) -> pd.DataFrame:
+        """The split's sample table; `options` are the entry's `manifest_options` (e.g. COCO's
+        `captions: each`)."""
+        try:
+            return self.samples_fn(Path(root), split, **self._named(), **(options or {}))
+        except TypeError as exc:
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            raise ConfigError(f"datasets.<name>.manifest_options: {sorted(options or {})} are not options "
+                              f"of the {self.kind} manifest ({exc})") from exc
 
     def hierarchy(self, root: Path) -> dict[str, str | None]:
         return self.hierarchy_fn(Path(root), **self._named())
