@@ -122,3 +122,116 @@ def retrieval_metrics(ranks: torch.Tensor | np.ndarray) -> dict[str, float]:
     metrics["median_rank"] = float(np.median(values))
     metrics["MRR"] = float((1.0 / values).mean())
     return metrics
+
+
+# ---- one image, several captions (COCO Karpathy test: ~5 captions per image) ----------------------
+def _score_blocks(queries: Embeddings, gallery: Embeddings, batch_size: int, dtype: torch.dtype,
+                  device: torch.device | str | None):
+    """Yield (first query row, dense cosine scores `[B, M]`) for query chunks of at most `batch_size`.
+
+    Memory is O(batch_size · M). A `Codes` gallery is held as sparse CSR; with a `device`, codes
+    are densified there and scored by matmul, as in `retrieval_ranks`.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    width = _width(queries, gallery)
+    if device is not None:
+        queries = _unit_dense(queries, width, dtype).to(device) if isinstance(queries, Codes) else queries
+        gallery = _unit_dense(gallery, width, dtype).to(device) if isinstance(gallery, Codes) else gallery
+    n_queries = queries.indices.shape[0] if isinstance(queries, Codes) else queries.shape[0]
+    if isinstance(gallery, Codes):
+        gallery_t = sp.csr_array(_unit_csr(gallery, width, dtype).T)  # [width, M]
+    else:
+        gallery_dense = _unit_dense(gallery, width, dtype)  # [M, d]
+    for lo in range(0, n_queries, batch_size):
+        chunk = (Codes(queries.values[lo:lo + batch_size], queries.indices[lo:lo + batch_size])
+                 if isinstance(queries, Codes) else queries[lo:lo + batch_size])
+        if isinstance(gallery, Codes):
+            if isinstance(chunk, Codes):
+                block = sp.csr_array(_unit_csr(chunk, width, dtype) @ gallery_t).toarray()
+            else:
+                block = _unit_dense(chunk, width, dtype).cpu().numpy() @ gallery_t
+            yield lo, torch.from_numpy(np.ascontiguousarray(block))
+        else:
+            yield lo, _unit_dense(chunk, width, dtype).to(gallery_dense.device) @ gallery_dense.T
+
+
+def _caption_lists(caption_image: torch.Tensor | np.ndarray, n_images: int, n_captions: int) -> torch.Tensor:
+    """LongTensor `[N_img, C_max]`: the caption rows of each image, padded with −1."""
+    owner = torch.as_tensor(np.asarray(caption_image.cpu() if isinstance(caption_image, torch.Tensor)
+                                       else caption_image), dtype=torch.long)
+    if owner.shape != (n_captions,):
+        raise ValueError(f"caption_image has shape {list(owner.shape)}, expected [{n_captions}] "
+                         "(one image row per caption)")
+    if n_captions and (owner.min() < 0 or owner.max() >= n_images):
+        raise ValueError(f"caption_image values must lie in [0, {n_images}), got "
+                         f"[{int(owner.min())}, {int(owner.max())}]")
+    counts = torch.bincount(owner, minlength=n_images)
+    if n_images and counts.min() == 0:
+        missing = int(torch.nonzero(counts == 0)[0])
+        raise ValueError(f"image row {missing} has no caption in caption_image: image-to-text "
+                         "retrieval needs at least one caption per image")
+    order = torch.sort(owner, stable=True).indices  # caption rows grouped by image
+    slot = torch.arange(n_captions) - (counts.cumsum(0) - counts)[owner[order]]
+    lists = torch.full((n_images, int(counts.max()) if n_images else 0), -1, dtype=torch.long)
+    lists[owner[order], slot] = order
+    return lists
+
+
+def multi_caption_ranks(images: Embeddings, captions: Embeddings,
+                        caption_image: torch.Tensor | np.ndarray, batch_size: int = 256,
+                        dtype: torch.dtype = torch.float64,
+                        device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """1-based pessimistic ranks for image→text and text→image retrieval with several captions per image.
+
+    `images`: `[N_img, ·]`, `captions`: `[N_cap, ·]` (dense embeddings or `Codes` in one aligned
+    latent space), `caption_image`: int `[N_cap]`, the image row of each caption (every image needs
+    at least one). Cosine similarity in `dtype`; memory O(batch_size · max(N_img, N_cap)).
+
+    Returns (image_to_text `[N_img]`, text_to_image `[N_cap]`):
+
+    - image→text: the rank of the image's best-scoring own caption, where only the *other* images'
+      captions can outrank it: 1 + #{captions of other images scoring ≥ the best own score}. So an
+      image is a hit at K when one of its captions is within the top K, ties with foreign captions
+      going against it. (The reference counts the image's own tied captions too, so two identical
+      captions of one image cost it a rank; they are correct answers, so here they do not.) With one
+      caption per image this is exactly `retrieval_ranks`.
+    - text→image: #{images scoring ≥ the caption's own image} (itself included), as `retrieval_ranks`.
+
+    An all-zero query ties with everything and ranks last.
+    """
+    n_images = images.indices.shape[0] if isinstance(images, Codes) else images.shape[0]
+    n_captions = captions.indices.shape[0] if isinstance(captions, Codes) else captions.shape[0]
+    lists = _caption_lists(caption_image, n_images, n_captions)
+    owner = torch.full((n_captions,), -1, dtype=torch.long)
+    valid = lists >= 0
+    owner[lists[valid]] = torch.nonzero(valid)[:, 0]
+
+    image_to_text = torch.empty(n_images, dtype=torch.long)
+    for lo, scores in _score_blocks(images, captions, batch_size, dtype, device):
+        own = lists[lo:lo + scores.shape[0]].to(scores.device)
+        own_valid = own >= 0
+        own_scores = scores.gather(1, own.clamp_min(0))
+        best = own_scores.masked_fill(~own_valid, float("-inf")).max(dim=1).values
+        at_least = (scores >= best.unsqueeze(1)).sum(dim=1)
+        own_at_least = ((own_scores >= best.unsqueeze(1)) & own_valid).sum(dim=1)
+        image_to_text[lo:lo + scores.shape[0]] = (at_least - own_at_least + 1).cpu()
+
+    text_to_image = torch.empty(n_captions, dtype=torch.long)
+    for lo, scores in _score_blocks(captions, images, batch_size, dtype, device):
+        target_image = owner[lo:lo + scores.shape[0]].to(scores.device)
+        target = scores.gather(1, target_image.unsqueeze(1))
+        text_to_image[lo:lo + scores.shape[0]] = (scores >= target).sum(dim=1).cpu()
+    return image_to_text, text_to_image
+
+
+def multi_caption_retrieval(images: Embeddings, captions: Embeddings,
+                            caption_image: torch.Tensor | np.ndarray, batch_size: int = 256,
+                            dtype: torch.dtype = torch.float64,
+                            device: torch.device | str | None = None) -> dict[str, dict[str, float]]:
+    """Heterogeneity Table 1's retrieval numbers: {"image_to_text": metrics, "text_to_image": metrics},
+    each the `retrieval_metrics` (R@1/5/10, median rank, MRR) of `multi_caption_ranks`."""
+    image_to_text, text_to_image = multi_caption_ranks(images, captions, caption_image, batch_size,
+                                                       dtype, device)
+    return {"image_to_text": retrieval_metrics(image_to_text),
+            "text_to_image": retrieval_metrics(text_to_image)}
