@@ -101,6 +101,30 @@ def test_codes_dense_known_answer():
     assert torch.equal(codes.dense(5), expected)
 
 
+def test_codes_dense_keeps_latent_zero_beside_padding():
+    """BatchTopK pads rows with (index 0, value 0); the padding must not erase a real latent 0."""
+    codes = Codes(values=torch.tensor([[0.0, 1.5, 0.0, 2.0]]), indices=torch.tensor([[0, 0, 0, 3]]))
+    assert codes.dense(4).tolist() == [[1.5, 0.0, 0.0, 2.0]]
+
+
+def test_stream_parameters_map_streams_to_tensors():
+    from torch import nn
+
+    from xsae.sae import StreamParameters
+
+    tensors = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.ones(3))]
+    per_stream = StreamParameters(tensors, slots=(0, 1, 0))
+    assert per_stream[0] is tensors[0] and per_stream[2] is tensors[0] and per_stream[1] is tensors[1]
+    assert per_stream[-1] is tensors[0]
+    assert len(per_stream) == 2 and list(per_stream) == tensors
+    assert [name for name, _ in per_stream.named_parameters()] == ["0", "1"]
+    assert StreamParameters(tensors).slots == (0, 1)
+    with pytest.raises(ValueError, match="point past"):
+        StreamParameters(tensors, slots=(0, 2))
+    with pytest.raises(IndexError):
+        per_stream[3]
+
+
 def test_decode_sparse_equals_dense_reference():
     g = torch.Generator().manual_seed(1)
     W = torch.randn(16, 7, generator=g, dtype=torch.float64)

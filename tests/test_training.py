@@ -100,9 +100,14 @@ def test_different_seed_differs(small):
 
 
 # ---- resuming -----------------------------------------------------------------------------------
+RECIPE = {"optimizer": "adamw", "weight_decay": 1e-4, "grad_clip": 0.05, "lr_schedule": "cosine",
+          "warmup_fraction": 0.1}  # the heterogeneity paper's D.4 recipe, clip tightened to bite
+
+
+@pytest.mark.parametrize("options", [{}, RECIPE], ids=["adam_constant", "adamw_cosine_clip"])
 @pytest.mark.parametrize(("checkpoint_every", "stop"), [(4, 13), (8, 8), (8, 17)])
-def test_resume_is_bit_identical(small, tmp_path, checkpoint_every, stop):
-    config = tcfg(checkpoint_every=checkpoint_every, dead_steps=3)
+def test_resume_is_bit_identical(small, tmp_path, checkpoint_every, stop, options):
+    config = tcfg(checkpoint_every=checkpoint_every, dead_steps=3, **options)
     reference = fresh()
     log_ref = train(reference, [small], config, progress=False)
 
@@ -161,7 +166,8 @@ def test_fingerprint():
     a = tcfg()
     assert a.fingerprint() == dataclasses.replace(a, log_every=1, checkpoint_every=2).fingerprint()
     for change in ({"lr": 1e-2}, {"seed": 1}, {"auxk_k": 3}, {"cross_weight": 0.5},
-                   {"loss_reduction": "sum"}, {"epochs": 9}, {"batch_size": 7}):
+                   {"loss_reduction": "sum"}, {"epochs": 9}, {"batch_size": 7}, {"grad_clip": 1.0},
+                   {"lr_schedule": "cosine"}, {"warmup_fraction": 0.05}, {"optimizer": "adamw"}):
         assert dataclasses.replace(a, **change).fingerprint() != a.fingerprint(), change
 
 

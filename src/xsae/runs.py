@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from xsae.datasets.manifest import label_matrices, read_labels, read_manifest
-from xsae.errors import DataError
+from xsae.errors import ConfigError, DataError
 from xsae.evaluation import (
     EvaluationSettings,
     Labels,
@@ -30,7 +30,7 @@ from xsae.io import atomic_path, write_json
 from xsae.metrics.activation import alive_matrix
 from xsae.metrics.cross_reconstruction import reconstruction_matrices
 from xsae.sae import SAEConfig, SparseAutoencoder
-from xsae.training import TrainingConfig, train
+from xsae.training import AlignmentLoss, TrainingConfig, train
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,62 @@ def normalize_inputs(x: np.ndarray | torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"input_norm must be 'l2' or 'none', got {how!r}")
 
 
+def latents_per_stream(total: int, n_streams: int) -> int:
+    """m / n_streams: each modality-specific SAE's share of a total latent budget m."""
+    if n_streams < 1 or total % n_streams:
+        raise ConfigError(f"n_latents={total}: method modality_specific splits it evenly over "
+                          f"{n_streams} streams; choose a multiple of {n_streams}")
+    return total // n_streams
+
+
+def sae_config_for_run(run: dict[str, Any], input_dims: Sequence[int],
+                       stream_names: Sequence[str]) -> SAEConfig:
+    """The SAE a run's method describes.
+
+    topk, sparc: one latent space of n_latents, the run's TopK mode. shared (heterogeneity paper):
+    one parameter set for all streams, n_latents = m, Local TopK. modality_specific: one SAE per
+    stream, each with n_latents / n_streams latents and Local TopK, so the parameter count equals
+    the shared SAE's; the run's `topk` key is not used by these two methods.
+    """
+    method, n = run["method"], len(input_dims)
+    common = {"input_dims": tuple(input_dims), "k": run["k"], "activation": run["activation"],
+              "stream_names": tuple(stream_names)}
+    if method in ("topk", "sparc"):
+        return SAEConfig(n_latents=run["n_latents"], topk=run["topk"], **common)
+    if method == "shared":
+        if len(set(input_dims)) > 1:
+            widths = ", ".join(f"{name}={d}" for name, d in zip(stream_names, input_dims, strict=True))
+            raise ConfigError(f"method shared needs streams of equal width, got {widths}")
+        return SAEConfig(n_latents=run["n_latents"], topk="local", shared_weights=True, **common)
+    if method == "modality_specific":
+        if run["cross_weight"]:
+            raise ConfigError(f"method modality_specific trains independent SAEs; cross_weight must be 0, "
+                              f"got {run['cross_weight']}")
+        per_stream = latents_per_stream(run["n_latents"], n)
+        if run["k"] > per_stream:
+            raise ConfigError(f"k={run['k']} exceeds the {per_stream} latents of each modality-specific "
+                              f"SAE (n_latents={run['n_latents']} over {n} streams)")
+        return SAEConfig(n_latents=per_stream, topk="local", **common)
+    raise ConfigError(f"method must be one of topk, sparc, shared, modality_specific, got {method!r}")
+
+
 def training_config(run: dict[str, Any], seed: int) -> TrainingConfig:
+    """The trainer settings of a schema-validated run entry (defaults filled in)."""
     aux = run["auxk"]
+    scope = run["grad_clip_scope"]
+    if scope == "auto":  # independent SAEs clip independently, like separately trained ones
+        scope = "stream" if run["method"] == "modality_specific" else "all"
+    alignment = AlignmentLoss(run["alignment_loss"]["kind"], run["alignment_loss"]["weight"],
+                              run["alignment_loss"]["multiplier"])
     return TrainingConfig(epochs=run["epochs"], batch_size=run["batch_size"], lr=run["lr"],
                           auxk_k=aux["k"], auxk_coef=aux["coef"], dead_steps=aux["dead_steps"],
                           dead_threshold=aux["threshold"], cross_weight=run["cross_weight"],
                           loss_reduction=run["loss_reduction"], sampler=run["sampler"],
                           reinit_every=run["reinit_every"], autocast=run["autocast"],
+                          recon_loss=run["recon_loss"], alignment_loss=alignment,
+                          optimizer=run["optimizer"], weight_decay=run["weight_decay"],
+                          grad_clip=run["grad_clip"], grad_clip_scope=scope,
+                          lr_schedule=run["lr_schedule"], warmup_fraction=run["warmup_fraction"],
                           log_every=run["log_every"], checkpoint_every=run["checkpoint_every"],
                           seed=seed)
 
@@ -80,13 +129,10 @@ def train_run(run: dict[str, Any], refs: Sequence[StreamRef], *, seed: int, devi
     """Train the SAE a config entry describes; write weights and the loss log atomically."""
     torch_device = resolve_device(device)
     inputs, _ = load_inputs(refs, run["input_norm"], torch_device)
-    sae_config = SAEConfig(input_dims=tuple(x.shape[1] for x in inputs),
-                           n_latents=run["n_latents"], k=run["k"], topk=run["topk"],
-                           activation=run["activation"],
-                           stream_names=tuple(ref.name for ref in refs))
+    sae_config = sae_config_for_run(run, [x.shape[1] for x in inputs], [ref.name for ref in refs])
+    config = training_config(run, seed)
     generator = torch.Generator().manual_seed(seed)
     model = SparseAutoencoder(sae_config, generator=generator).to(torch_device)
-    config = training_config(run, seed)
     history = train(model, inputs, config, checkpoint_path=checkpoint_path, progress=progress)
     with atomic_path(log_path) as tmp:
         history.to_csv(tmp, index=False)

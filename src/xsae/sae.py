@@ -15,11 +15,19 @@ Decoder rows are unit-norm directions (`dec_weight[s]` is `[L, d_s]`, row j = la
 kept so by renormalising after each step and projecting out the gradient component parallel to
 each row (`project_decoder_grads`). Steps since each latent last fired live beside the weights as
 buffers, so they are saved and restored with them; only the trainer advances them.
+
+With `shared_weights` (the heterogeneity paper's shared SAE) every stream is encoded and decoded
+by one set of parameters: `enc_weight[s]` is the same tensor for every s, the parameter count is
+that of one SAE, and each stream still selects its own latents (Local TopK) and keeps its own
+dead-latent counters. The paper's modality-specific SAEs are the default layout (one parameter
+set per stream) with Local TopK, no cross-reconstruction and L = m / n_streams latents per
+stream (`xsae.runs.sae_config_for_run` does that mapping).
 """
 
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +51,8 @@ class SAEConfig:
     #: "topk": k latents per sample; "batchtopk": the B·k largest activations of the whole batch
     #: in training, a learned threshold at inference (Bussmann et al.).
     activation: str = "topk"
+    #: One encoder, decoder, pre-bias and latent bias for all streams (equal input widths, Local TopK).
+    shared_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.topk not in ("global", "local"):
@@ -56,6 +66,17 @@ class SAEConfig:
                                tuple(f"stream{i}" for i in range(len(self.input_dims))))
         if len(self.stream_names) != len(self.input_dims):
             raise ValueError("stream_names and input_dims differ in length")
+        if self.shared_weights and len(set(self.input_dims)) > 1:
+            widths = ", ".join(f"{n}={d}" for n, d in zip(self.stream_names, self.input_dims, strict=True))
+            raise ValueError(f"shared_weights needs streams of equal width, got input_dims ({widths})")
+        if self.shared_weights and len(self.input_dims) > 1 and self.topk != "local":
+            raise ValueError(f"shared_weights needs topk='local' (each stream selects its own latents), "
+                             f"got topk={self.topk!r}")
+
+    @property
+    def parameter_slots(self) -> tuple[int, ...]:
+        """Which parameter set each stream uses: all 0 with shared weights, else its own index."""
+        return tuple(0 if self.shared_weights else s for s in range(len(self.input_dims)))
 
 
 @dataclass
@@ -66,9 +87,13 @@ class Codes:
     indices: torch.Tensor  # [B, k] int64
 
     def dense(self, n_latents: int) -> torch.Tensor:
-        """`[B, L]` codes; for analysis only (training never materialises them)."""
+        """`[B, L]` codes; for analysis only (training never materialises them).
+
+        Summed, not assigned, at repeated indices: BatchTopK pads rows with (index 0, value 0),
+        which must not overwrite a real activation of latent 0.
+        """
         out = self.values.new_zeros(self.values.shape[0], n_latents)
-        return out.scatter_(1, self.indices, self.values)
+        return out.scatter_add(1, self.indices, self.values)
 
 
 def decode_sparse(weight: torch.Tensor, codes: Codes) -> torch.Tensor:
@@ -143,21 +168,45 @@ def _masked(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return values if valid is None else values * valid
 
 
+class StreamParameters(nn.ParameterList):
+    """Per-stream view of a model's parameter sets: `[s]` is stream s's tensor.
+
+    Several streams may map to one tensor (shared weights). `len()` and iteration cover the
+    distinct tensors once each, so loops over them (decoder normalisation, gradient projection)
+    never touch a shared tensor twice; state-dict keys are the distinct tensors' positions.
+    """
+
+    def __init__(self, values=None, slots: Sequence[int] | None = None) -> None:
+        super().__init__(values)
+        self.slots = tuple(slots) if slots is not None else tuple(range(len(self)))
+        if self.slots and max(self.slots) >= len(self):
+            raise ValueError(f"slots {self.slots} point past {len(self)} parameters")
+
+    def __getitem__(self, stream):
+        return super().__getitem__(self.slots[operator.index(stream)])
+
+    def __iter__(self):
+        return iter([super(StreamParameters, self).__getitem__(i) for i in range(len(self))])
+
+
 class SparseAutoencoder(nn.Module):
     def __init__(self, config: SAEConfig, *, generator: torch.Generator | None = None):
         super().__init__()
         self.config = config
         L = config.n_latents
-        self.pre_bias = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in config.input_dims])
-        self.lat_bias = nn.ParameterList([nn.Parameter(torch.zeros(L)) for _ in config.input_dims])
-        self.enc_weight = nn.ParameterList()
-        self.dec_weight = nn.ParameterList()
-        for d in config.input_dims:
+        slots = config.parameter_slots
+        widths = [config.input_dims[slots.index(i)] for i in range(max(slots) + 1)]
+        encoders, decoders = [], []
+        for d in widths:
             # Tied init: random unit directions for the decoder, the encoder its transpose.
             directions = torch.randn(L, d, generator=generator)
             directions /= directions.norm(dim=1, keepdim=True)
-            self.dec_weight.append(nn.Parameter(directions.clone()))
-            self.enc_weight.append(nn.Parameter(directions.clone()))
+            decoders.append(nn.Parameter(directions.clone()))
+            encoders.append(nn.Parameter(directions.clone()))
+        self.pre_bias = StreamParameters([nn.Parameter(torch.zeros(d)) for d in widths], slots)
+        self.lat_bias = StreamParameters([nn.Parameter(torch.zeros(L)) for _ in widths], slots)
+        self.enc_weight = StreamParameters(encoders, slots)
+        self.dec_weight = StreamParameters(decoders, slots)
         for i in range(len(config.input_dims)):
             self.register_buffer(f"steps_since_active_{i}", torch.zeros(L, dtype=torch.long))
         # BatchTopK's inference threshold per selection (one shared under Global TopK): the
@@ -172,6 +221,18 @@ class SparseAutoencoder(nn.Module):
 
     def steps_since_active(self, stream: int) -> torch.Tensor:
         return getattr(self, f"steps_since_active_{stream}")
+
+    def parameter_groups(self) -> list[tuple[tuple[int, ...], list[nn.Parameter]]]:
+        """(streams, parameters) per distinct parameter set: one entry per stream, or a single
+        entry for all streams with shared weights."""
+        slots = self.config.parameter_slots
+        groups = []
+        for slot in range(len(self.enc_weight)):
+            streams = tuple(s for s in range(self.n_streams) if slots[s] == slot)
+            s = streams[0]
+            groups.append((streams, [self.pre_bias[s], self.lat_bias[s], self.enc_weight[s],
+                                     self.dec_weight[s]]))
+        return groups
 
     # ---- forward pieces ---------------------------------------------------------------------
     def logits(self, stream: int, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,12 @@ Data stay where they are (device memory when there is a GPU) and batches are ind
 permutations of them, drawn from a seeded generator per epoch. Losses are accumulated on the
 device and read back only every `log_every` steps; a checkpoint every `checkpoint_every` steps
 holds everything needed to continue to the bit-identical result.
+
+Beyond the TopK/AuxK/cross-reconstruction objective of Gao et al. and SPARC, the trainer covers the
+recipes of the heterogeneity paper: reconstruction as MSE or fraction of variance unexplained,
+auxiliary alignment losses on the paired codes of two streams (group-sparse, Iso-Energy), AdamW
+with weight decay, gradient-norm clipping and a cosine schedule with linear warmup. The learning
+rate is a pure function of the step, so a resumed run needs no scheduler state.
 """
 
 from __future__ import annotations
@@ -30,6 +36,47 @@ from xsae.sae import Codes, SparseAutoencoder, decode_sparse_many
 
 log = logging.getLogger(__name__)
 
+RECON_LOSSES = ("nmse", "mse", "fvu")
+ALIGNMENT_KINDS = ("none", "iso_energy", "iso_energy_cosine", "group_sparse")
+#: λ when no weight is given: the centres of the heterogeneity paper's synthetic λ sweep (Figure 6),
+#: each "the default value in the original paper"; its CC-3M runs use iso_energy 1e-4.
+DEFAULT_ALIGNMENT_WEIGHT = {"none": 0.0, "iso_energy": 0.03, "iso_energy_cosine": 0.03,
+                            "group_sparse": 0.05}
+
+
+def _check_number(name: str, value, *, minimum: float = 0.0, inclusive: bool = True) -> None:
+    ok = isinstance(value, int | float) and math.isfinite(value) and (
+        value >= minimum if inclusive else value > minimum)
+    if not ok:
+        bound = f">= {minimum}" if inclusive else f"> {minimum}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AlignmentLoss:
+    """Auxiliary alignment loss on the paired codes of two streams, with λ = weight × multiplier.
+
+    The heterogeneity paper states λ as a multiplier of each method's default weight; `weight`
+    None takes that default (`DEFAULT_ALIGNMENT_WEIGHT`).
+    """
+
+    kind: str = "none"
+    weight: float | None = None
+    multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ALIGNMENT_KINDS:
+            raise ValueError(f"alignment_loss.kind must be one of {ALIGNMENT_KINDS}, got {self.kind!r}")
+        if self.weight is None:
+            object.__setattr__(self, "weight", DEFAULT_ALIGNMENT_WEIGHT[self.kind])
+        _check_number("alignment_loss.weight", self.weight)
+        _check_number("alignment_loss.multiplier", self.multiplier)
+
+    @property
+    def coefficient(self) -> float:
+        """The effective λ (0 when the kind is none)."""
+        return 0.0 if self.kind == "none" else float(self.weight) * float(self.multiplier)
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -52,16 +99,45 @@ class TrainingConfig:
     reinit_std: float = 0.01
     #: "bf16" runs the forward pass under bfloat16 autocast (weights and optimizer stay float32).
     autocast: str = "none"
+    #: Reconstruction term per stream: "nmse" per-sample normalised MSE (Gao et al.; SPARC), "mse"
+    #: the batch mean of ‖x − x̂‖² (heterogeneity paper Eq. 7), "fvu" the batch's fraction of
+    #: variance unexplained Σ‖x − x̂‖² / Σ‖x − x̄‖² (the heterogeneity reference code).
+    recon_loss: str = "nmse"
+    alignment_loss: AlignmentLoss = AlignmentLoss()
+    #: "adam" (no weight decay) or "adamw" (decoupled weight decay, heterogeneity paper D.4).
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    #: Largest gradient norm (None: no clipping), measured over all parameters ("all") or over
+    #: each stream's own parameter set ("stream"; what separately trained SAEs would each do).
+    grad_clip: float | None = None
+    grad_clip_scope: str = "all"
+    #: "constant" or "cosine" (decaying to zero at the end of training), after a linear warmup over
+    #: this fraction of the steps.
+    lr_schedule: str = "constant"
+    warmup_fraction: float = 0.0
     log_every: int = 10
     checkpoint_every: int = 1000
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.alignment_loss, dict):
+            object.__setattr__(self, "alignment_loss", AlignmentLoss(**self.alignment_loss))
         choices = {"loss_reduction": ("mean", "sum"), "sampler": ("permutation", "contiguous_blocks"),
-                   "autocast": ("none", "bf16")}
+                   "autocast": ("none", "bf16"), "recon_loss": RECON_LOSSES,
+                   "optimizer": ("adam", "adamw"), "grad_clip_scope": ("all", "stream"),
+                   "lr_schedule": ("constant", "cosine")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+        _check_number("lr", self.lr, inclusive=False)
+        _check_number("weight_decay", self.weight_decay)
+        if self.optimizer == "adam" and self.weight_decay > 0:
+            raise ValueError(f"weight_decay={self.weight_decay} needs optimizer 'adamw' (decoupled decay); "
+                             "Adam's coupled L2 penalty is not what the papers use")
+        if self.grad_clip is not None:
+            _check_number("grad_clip", self.grad_clip, inclusive=False)
+        if not (isinstance(self.warmup_fraction, int | float) and 0 <= self.warmup_fraction < 1):
+            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
 
     def fingerprint(self) -> str:
         """What a checkpoint must match to be resumed (logging cadence may differ)."""
@@ -69,9 +145,137 @@ class TrainingConfig:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def learning_rate(step: int, total_steps: int, config: TrainingConfig) -> float:
+    """Learning rate of optimiser step `step` (0-based) of `total_steps`.
+
+    Linear warmup from 0 over the first ⌈warmup_fraction · total_steps⌉ steps (lr · step / W), then
+    constant, or a cosine decay lr · ½(1 + cos(π (step − W) / (total_steps − W))) that would reach
+    0 at step `total_steps` (the convention of the common `get_cosine_schedule_with_warmup`).
+    Host arithmetic only: no device sync, and a resumed run recomputes it from the step.
+    """
+    warmup = math.ceil(round(config.warmup_fraction * total_steps, 6))  # 0.07 · 100 is 7, not 8
+    if step < warmup:
+        return config.lr * step / warmup
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def _reduce(terms: Sequence[torch.Tensor], how: str) -> torch.Tensor:
     stacked = torch.stack(list(terms))
     return stacked.sum() if how == "sum" else stacked.mean()
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, how: str) -> torch.Tensor:
+    """One stream's reconstruction term over a batch `[B, d]` -> scalar.
+
+    nmse: mean_b of mean_d (x̂ − x)² / mean_d x²; mse: mean_b ‖x̂_b − x_b‖² (Eq. 7 of the
+    heterogeneity paper: squared L2 error, not divided by d); fvu: Σ_b ‖x̂_b − x_b‖² / Σ_b ‖x_b − x̄‖²
+    with x̄ the batch mean (needs at least two distinct rows).
+    """
+    if how == "nmse":
+        return nmse_per_sample(reconstruction, target).mean()
+    squared_error = (reconstruction - target).pow(2).sum(dim=1)
+    if how == "mse":
+        return squared_error.mean()
+    if how == "fvu":
+        variance = (target - target.mean(dim=0)).pow(2).sum()
+        return squared_error.sum() / variance.clamp_min(1e-12)
+    raise ValueError(f"recon_loss must be one of {RECON_LOSSES}, got {how!r}")
+
+
+# ---- alignment losses on paired sparse codes -------------------------------------------------
+def _accumulating(values: torch.Tensor) -> torch.Tensor:
+    """float32 at least: bf16 codes under autocast are summed in float32, float64 stays float64."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
+def _safe_sqrt(squares: torch.Tensor) -> torch.Tensor:
+    """√x with gradient 0 (a subgradient) where x = 0, instead of the NaN of 0 · ∞."""
+    positive = squares > 0
+    return torch.where(positive, squares.clamp_min(torch.finfo(squares.dtype).tiny).sqrt(),
+                       torch.zeros_like(squares))
+
+
+def paired_values(a: Codes, b: Codes, *, skip_zeros: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """b's activation at each of a's latents `[B, k_a]`, and which of b's latents a also holds
+    `[B, k_b]` (bool).
+
+    A `[B, k_a, k_b]` comparison of the index sets: O(B·k²) work instead of the O(B·L) of dense
+    codes (k ≪ L). Repeated indices in a row are allowed when all but one carry the value 0
+    (BatchTopK's padding): sums over them are then exact. `skip_zeros` treats zero activations as
+    absent, so a padding slot never pairs with a real activation of latent 0.
+    """
+    same = a.indices.unsqueeze(2) == b.indices.unsqueeze(1)
+    if skip_zeros:
+        same = same & (a.values.detach().unsqueeze(2) != 0) & (b.values.detach().unsqueeze(1) != 0)
+    b_at_a = (same * b.values.unsqueeze(1)).sum(dim=2)
+    return b_at_a, same.any(dim=1)
+
+
+def group_sparse_penalty(a: Codes, b: Codes) -> torch.Tensor:
+    """`[B]` L2,1 norm of the paired codes, Σ_j √(a_j² + b_j²) (Kaushik et al.; heterogeneity paper
+    Eq. 10): latents active in both streams count once with their joint norm, the others with
+    their absolute activation. Gradients equal those of the dense formula (0 where both are 0)."""
+    a_values, b_values = _accumulating(a.values), _accumulating(b.values)
+    b_at_a, b_in_a = paired_values(Codes(a_values, a.indices), Codes(b_values, b.indices), skip_zeros=True)
+    joint = _safe_sqrt(a_values.pow(2) + b_at_a.pow(2)).sum(dim=1)
+    return joint + (b_values.abs() * ~b_in_a).sum(dim=1)
+
+
+def iso_energy_penalty(a: Codes, b: Codes) -> torch.Tensor:
+    """`[B]` −⟨z_a, z_b⟩, the alignment term of heterogeneity paper Eq. 11 (after DHIMOÏLA et al.):
+    the loss rewards energy that the two streams put on the same latents.
+
+    The reference code instead uses minus the cosine of the codes after zeroing both streams' top
+    latent; that form is `iso_energy_cosine_penalty`. This one follows the paper's equation, so its
+    scale grows with the activations (the default λ of 0.03 was set for the cosine form).
+    """
+    a_values = _accumulating(a.values)
+    b_at_a, _ = paired_values(Codes(a_values, a.indices), Codes(_accumulating(b.values), b.indices))
+    return -(a_values * b_at_a).sum(dim=1)
+
+
+def iso_energy_cosine_penalty(a: Codes, b: Codes, eps: float = 1e-8) -> torch.Tensor:
+    """`[B]` −cos(z_a', z_b'), where z' zeroes, in both codes, the latent with the largest
+    activation in a and the one with the largest in b (the heterogeneity reference code's
+    Iso-Energy term); norms are clamped at `eps` as `torch.nn.functional.cosine_similarity` does."""
+    top_a = a.indices.gather(1, a.values.detach().argmax(dim=1, keepdim=True))
+    top_b = b.indices.gather(1, b.values.detach().argmax(dim=1, keepdim=True))
+
+    def without_tops(codes: Codes) -> Codes:
+        keep = (codes.indices != top_a) & (codes.indices != top_b)
+        return Codes(_accumulating(codes.values) * keep, codes.indices)
+
+    a_kept, b_kept = without_tops(a), without_tops(b)
+    dot = -iso_energy_penalty(a_kept, b_kept)
+    norm_a = _safe_sqrt(a_kept.values.pow(2).sum(dim=1)).clamp_min(eps)
+    norm_b = _safe_sqrt(b_kept.values.pow(2).sum(dim=1)).clamp_min(eps)
+    return -dot / (norm_a * norm_b)
+
+
+ALIGNMENT_PENALTIES = {"iso_energy": iso_energy_penalty, "iso_energy_cosine": iso_energy_cosine_penalty,
+                       "group_sparse": group_sparse_penalty}
+
+
+def alignment_penalty(a: Codes, b: Codes, kind: str) -> torch.Tensor:
+    """`[B]` per-pair alignment term of `kind` (see `ALIGNMENT_KINDS`, except none)."""
+    if kind not in ALIGNMENT_PENALTIES:
+        raise ValueError(f"alignment kind must be one of {tuple(ALIGNMENT_PENALTIES)}, got {kind!r}")
+    return ALIGNMENT_PENALTIES[kind](a, b)
+
+
+def _decode_all(model: SparseAutoencoder, code_sets: Sequence[Sequence[Codes]]) -> list[list[torch.Tensor]]:
+    """`code_sets[t]` decoded by stream t's decoder (no pre-bias), one `decode_sparse_many` call per
+    distinct decoder: streams that share weights share one gradient buffer."""
+    out: list[list[torch.Tensor]] = [[] for _ in code_sets]
+    for streams, _ in model.parameter_groups():
+        flat = [c for t in streams for c in code_sets[t]]
+        decoded = iter(decode_sparse_many(model.dec_weight[streams[0]], flat))
+        for t in streams:
+            out[t] = [next(decoded) for _ in code_sets[t]]
+    return out
 
 
 def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
@@ -79,8 +283,9 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
     """Total loss, its components (device tensors, one value per stream or pair) and the codes.
 
     Per stream, the TopK and AuxK latents are differentiated in one `logits_at` call, and every
-    decode into the stream (self, cross, AuxK) is one `decode_sparse_many` call: one gradient
-    buffer per weight matrix.
+    decode through a decoder (self, cross, AuxK; all streams' with shared weights) is one
+    `decode_sparse_many` call: one gradient buffer per weight matrix. With an alignment loss the
+    components hold its unweighted batch mean as "alignment".
     """
     n = model.n_streams
     use_aux = config.auxk_k > 0 and config.auxk_coef > 0
@@ -101,26 +306,45 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
         values = F.relu(h[:, :k])
         codes.append(Codes(values if valid[s] is None else values * valid[s], indices[s]))
 
-    self_terms, aux_terms, cross = [], [], {}
+    how = config.recon_loss
+    sources = [list(range(n)) if use_cross else [t] for t in range(n)]
+    decoded = _decode_all(model, [[codes[s] for s in sources[t]] + (aux_codes[t:t + 1] if use_aux else [])
+                                  for t in range(n)])
+    self_terms, aux_terms, cross, monitor = [], [], {}, []
     for t, x in enumerate(batch):
-        sources = list(range(n)) if use_cross else [t]
-        decodes = decode_sparse_many(model.dec_weight[t],
-                                     [codes[s] for s in sources] + (aux_codes[t:t + 1] if use_aux else []))
-        recons = {s: decodes[i] + model.pre_bias[t] for i, s in enumerate(sources)}
-        self_terms.append(nmse_per_sample(recons[t], x).mean())
-        cross.update({(s, t): nmse_per_sample(r, x).mean() for s, r in recons.items() if s != t})
+        decodes = decoded[t]
+        recons = {s: decodes[i] + model.pre_bias[t] for i, s in enumerate(sources[t])}
+        self_terms.append(reconstruction_loss(recons[t], x, how))
+        if how != "nmse":  # NMSE is always logged, so runs with different losses stay comparable
+            with torch.no_grad():
+                monitor.append(nmse_per_sample(recons[t], x).mean())
+        cross.update({(s, t): reconstruction_loss(r, x, how) for s, r in recons.items() if s != t})
         if use_aux:  # no dead latents: no AuxK term, and no host sync to find out
-            aux_terms.append(nmse_per_sample(decodes[-1], x - recons[t].detach()).mean() * any_dead[t])
+            aux_terms.append(reconstruction_loss(decodes[-1], x - recons[t].detach(), how) * any_dead[t])
     total = _reduce(self_terms, config.loss_reduction)
-    components = {"self_nmse": torch.stack(self_terms)}
+    components = {"self_nmse": torch.stack(monitor or self_terms)}
+    if how != "nmse":
+        components[f"self_{how}"] = torch.stack(self_terms)
     components["auxk"] = torch.stack(aux_terms) if use_aux else torch.zeros(n, device=total.device)
     if use_aux:
         total = total + config.auxk_coef * _reduce(aux_terms, config.loss_reduction)
     if use_cross:
         cross_terms = [cross[(s, t)] for s in range(n) for t in range(n) if s != t]
         total = total + config.cross_weight * _reduce(cross_terms, config.loss_reduction)
-        components["cross_nmse"] = torch.stack(cross_terms)
+        components[f"cross_{how}"] = torch.stack(cross_terms)
+    alignment = config.alignment_loss
+    if alignment.kind != "none":
+        _check_alignment_streams(model, alignment.kind)
+        term = alignment_penalty(codes[0], codes[1], alignment.kind).mean()
+        total = total + alignment.coefficient * term
+        components["alignment"] = term.detach().reshape(1)
     return total, components, codes
+
+
+def _check_alignment_streams(model: SparseAutoencoder, kind: str) -> None:
+    if model.n_streams != 2:
+        raise ValueError(f"alignment_loss {kind!r} pairs the codes of two streams; the model has "
+                         f"{model.n_streams} ({', '.join(model.config.stream_names)})")
 
 
 def _check_streams(streams: Sequence[torch.Tensor], model: SparseAutoencoder) -> int:
@@ -156,18 +380,51 @@ def batch_rows(order: torch.Tensor, position: int, batch_size: int, n_rows: int,
 def reinitialize_dead(model: SparseAutoencoder, dead_steps: int, std: float,
                       generator: torch.Generator) -> None:
     """Fresh encoder rows for dead latents, without a host sync (masked select)."""
-    for s in range(model.n_streams):
-        dead = (model.steps_since_active(s) > dead_steps).unsqueeze(1)
-        weight = model.enc_weight[s]
+    for streams, _ in model.parameter_groups():
+        # With shared weights a latent is re-initialised only when it is dead in every stream.
+        dead = torch.stack([model.steps_since_active(s) > dead_steps for s in streams]).all(dim=0)
+        dead = dead.unsqueeze(1)
+        weight = model.enc_weight[streams[0]]
         noise = torch.randn(weight.shape, generator=generator).mul_(std).to(weight.device)
         weight.copy_(torch.where(dead, noise, weight))
-        model.lat_bias[s].masked_fill_(dead.squeeze(1), 0.0)
+        model.lat_bias[streams[0]].masked_fill_(dead.squeeze(1), 0.0)
 
 
-def make_optimizer(model: SparseAutoencoder, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: SparseAutoencoder, lr: float, *, optimizer: str = "adam",
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam, or AdamW with decoupled weight decay on every parameter (β = 0.9, 0.999; ε = 1e-8).
+
+    The heterogeneity paper applies AdamW's decay to the whole SAE and names no exclusion, so
+    biases are decayed too. On the decoder the decay is a uniform shrink of each row that the
+    renormalisation after the step undoes, leaving only its (1 − lr·λ) interplay with that step's
+    update.
+    """
     device = next(model.parameters()).device
     kwargs = {"fused": True} if device.type in ("cuda", "cpu") else {"foreach": True}
+    if optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                 weight_decay=weight_decay, **kwargs)
+    if optimizer != "adam":
+        raise ValueError(f"optimizer must be 'adam' or 'adamw', got {optimizer!r}")
+    if weight_decay:
+        raise ValueError(f"weight_decay={weight_decay} needs optimizer 'adamw'")
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8, **kwargs)
+
+
+def clip_gradients(model: SparseAutoencoder, max_norm: float, scope: str = "all") -> torch.Tensor:
+    """Scale gradients so that their L2 norm is at most `max_norm`; return the norms before
+    clipping `[G]` (device tensor, no host sync).
+
+    scope "all" measures one norm over every parameter (G = 1); "stream" one per parameter set
+    (`model.parameter_groups()`), as separately trained modality-specific SAEs would each clip.
+    """
+    if scope == "all":
+        groups = [list(model.parameters())]
+    elif scope == "stream":
+        groups = [params for _, params in model.parameter_groups()]
+    else:
+        raise ValueError(f"grad_clip_scope must be 'all' or 'stream', got {scope!r}")
+    return torch.stack([torch.nn.utils.clip_grad_norm_(params, max_norm) for params in groups])
 
 
 def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: TrainingConfig, *,
@@ -181,7 +438,10 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
     n_rows = _check_streams(streams, model)
     device = streams[0].device
     names = model.config.stream_names
-    optimizer = make_optimizer(model, config.lr)
+    if config.alignment_loss.kind != "none":
+        _check_alignment_streams(model, config.alignment_loss.kind)
+    optimizer = make_optimizer(model, config.lr, optimizer=config.optimizer,
+                               weight_decay=config.weight_decay)
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     steps_per_epoch = math.ceil(n_rows / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -215,11 +475,16 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         index = index.to(device, non_blocking=True)
         batch = [x.index_select(0, index) for x in streams]
 
+        lr = learning_rate(step, total_steps, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         with autocast:
             loss, components, codes = compute_losses(model, batch, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.project_decoder_grads()
+        if config.grad_clip is not None:  # after the projection: it bounds the step actually taken
+            components["grad_norm"] = clip_gradients(model, config.grad_clip, config.grad_clip_scope)
         optimizer.step()
         model.normalize_decoder()
         model.update_dead_counters(codes, config.dead_threshold)
@@ -237,6 +502,7 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         if step % config.log_every == 0 or step == total_steps:
             row = _log_row(model, accumulated, interval_steps, step, epoch, names,
                            config.dead_steps)
+            row["lr"] = lr
             elapsed = time.perf_counter() - interval_start
             row["samples_per_s"] = interval_steps * config.batch_size / max(elapsed, 1e-9)
             rows.append(row)
@@ -257,10 +523,19 @@ def _log_row(model: SparseAutoencoder, accumulated: dict[str, torch.Tensor], n: 
              epoch: int, names: Sequence[str], dead_steps: int) -> dict:
     means = {key: (value / n).tolist() for key, value in accumulated.items()}
     row: dict = {"step": step, "epoch": epoch, "loss": means["loss"][0]}
-    for key in ("self_nmse", "auxk"):
-        row.update({f"{key}/{name}": v for name, v in zip(names, means[key], strict=True)})
-    if "cross_nmse" in means:
-        row["cross_nmse/mean"] = sum(means["cross_nmse"]) / len(means["cross_nmse"])
+    for key, values in means.items():
+        if key.startswith("self_") or key == "auxk":
+            row.update({f"{key}/{name}": v for name, v in zip(names, values, strict=True)})
+        elif key.startswith("cross_"):
+            row[f"{key}/mean"] = sum(values) / len(values)
+    if "alignment" in means:
+        row["alignment"] = means["alignment"][0]
+    if "grad_norm" in means:
+        if len(means["grad_norm"]) == 1:
+            row["grad_norm"] = means["grad_norm"][0]
+        else:
+            for (streams, _), value in zip(model.parameter_groups(), means["grad_norm"], strict=True):
+                row["grad_norm/" + "+".join(names[s] for s in streams)] = value
     for s, name in enumerate(names):
         row[f"dead_latents/{name}"] = int((model.steps_since_active(s) > dead_steps).sum())
     if not math.isfinite(row["loss"]):
@@ -273,6 +548,7 @@ def _save_checkpoint(path: Path, model, optimizer, generator, config: TrainingCo
                      **progress) -> None:
     """Everything the loop needs to continue bit-identically, including a half-done log interval."""
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "generator": generator.get_state(), "fingerprint": config.fingerprint(), **progress}
+             "generator": generator.get_state(), "fingerprint": config.fingerprint(),
+             "config": asdict(config), **progress}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
