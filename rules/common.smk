@@ -40,18 +40,46 @@ TUXPAINT_DATASETS = _names_pattern(
     name for name, entry in config["datasets"].items() if entry["kind"] == "tuxpaint_stamps"
 )
 SOURCE_DATASETS = _names_pattern(
-    name for name, entry in config["datasets"].items() if entry["kind"] != "tuxpaint_stamps"
+    name
+    for name, entry in config["datasets"].items()
+    if entry["kind"] not in ("tuxpaint_stamps", "class_prompts")
 )
+PROMPT_DATASETS = _names_pattern(
+    name for name, entry in config["datasets"].items() if entry["kind"] == "class_prompts"
+)
+#: Kinds whose train split is empty by construction: their features are extracted for test only.
+TEST_ONLY_KINDS = ("imagenet_val", "class_prompts")
+
+
+def dataset_splits(dataset):
+    return ("test",) if config["datasets"][dataset]["kind"] in TEST_ONLY_KINDS else SPLITS
 
 
 def dataset_entry(wildcards):
     return config["datasets"][wildcards.dataset]
 
 
-def download_record(wildcards):
+def prompt_class_inputs(wildcards):
+    """What a class-prompt manifest reads: the labels and the download of the dataset it describes."""
+    other = config["datasets"][wildcards.dataset]["classes_of"]
+    return {
+        "record": download_record_of(other),
+        "labels": LABELS.format(dataset=other),
+    }
+
+
+def dataset_modalities(wildcards):
+    """Modalities to extract: text only for prompt datasets, else all the encoder has."""
+    return ["text"] if config["datasets"][wildcards.dataset]["kind"] == "class_prompts" else None
+
+
+def download_record_of(dataset):
     """The download a dataset's manifest reads: its own, or that of the entry named by files_of."""
-    entry = config["datasets"][wildcards.dataset]
-    return f"resources/datasets/{entry['files_of'] or wildcards.dataset}/download.json"
+    return f"resources/datasets/{config['datasets'][dataset]['files_of'] or dataset}/download.json"
+
+
+def download_record(wildcards):
+    return download_record_of(wildcards.dataset)
 
 
 def encoder_entry(wildcards):
@@ -67,7 +95,7 @@ def feature_files():
         FEATURES.format(dataset=dataset, split=split, encoder=encoder)
         for dataset, encoders in config["features"].items()
         for encoder in encoders
-        for split in SPLITS
+        for split in dataset_splits(dataset)
     ]
 
 

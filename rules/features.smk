@@ -7,6 +7,7 @@ rule extract_features:
     params:
         encoder=encoder_entry,
         device=config["device"],
+        modalities=dataset_modalities,
     resources:
         gpu=encoder_gpus,
     threads: 2

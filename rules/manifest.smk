@@ -37,3 +37,26 @@ rule manifest_labelled:
         "../envs/download.yaml"
     script:
         "../workflow/scripts/manifest_labelled.py"
+
+
+rule manifest_prompts:
+    """Class prompts (template × class) of a labelled dataset, as a text-only sample table."""
+    wildcard_constraints:
+        dataset=PROMPT_DATASETS,
+    input:
+        unpack(prompt_class_inputs),
+    output:
+        train="results/manifests/{dataset}/train.csv",
+        test="results/manifests/{dataset}/test.csv",
+        labels=LABELS,
+    params:
+        dataset=dataset_entry,
+        classes_of=lambda wildcards: config["datasets"][
+            config["datasets"][wildcards.dataset]["classes_of"]
+        ],
+    log:
+        "results/logs/manifest_prompts/{dataset}.log",
+    conda:
+        "../envs/download.yaml"
+    script:
+        "../workflow/scripts/manifest_prompts.py"

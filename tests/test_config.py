@@ -313,3 +313,15 @@ def test_files_of_must_name_another_dataset_of_the_same_kind():
     assert "datasets.coco_each.files_of: unknown dataset 'nowhere'" in error_of(copy.deepcopy(raw))
     raw["datasets"]["coco_each"]["files_of"] = "tux"
     assert "must be a dataset of the same kind (coco2017)" in error_of(raw)
+
+
+def test_class_prompts_must_describe_a_labelled_dataset():
+    raw = minimal()
+    raw["datasets"]["prompts"] = {"kind": "class_prompts", "classes_of": "tux", "templates": "photo"}
+    assert config.validate(copy.deepcopy(raw))["datasets"]["prompts"]["class_names"] == "labels"
+    raw["datasets"]["prompts"]["classes_of"] = None
+    assert "datasets.prompts.classes_of: unknown dataset None" in error_of(copy.deepcopy(raw))
+    raw["datasets"]["prompts"].update(classes_of="tux", class_names="openai_imagenet")
+    assert "openai_imagenet needs classes_of to be an imagenet_val dataset" in error_of(copy.deepcopy(raw))
+    raw["datasets"]["prompts"].update(class_names="labels", templates=["no placeholder"])
+    assert "datasets.prompts.templates" in error_of(raw)

@@ -104,6 +104,14 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
                 f"available loaders: {', '.join(sorted(LOADERS))}"
             )
     for name, entry in datasets.items():
+        described = entry.get("classes_of")
+        if entry["kind"] == "class_prompts" and (described not in datasets or described == name):
+            unknown(f"datasets.{name}.classes_of", described, "dataset", set(datasets) - {name})
+        elif entry["kind"] == "class_prompts" and datasets[described]["kind"] == "class_prompts":
+            problems.append(f"  datasets.{name}.classes_of: {described!r} is itself a class_prompts dataset")
+        elif entry.get("class_names") == "openai_imagenet" and datasets[described]["kind"] != "imagenet_val":
+            problems.append(f"  datasets.{name}.class_names: openai_imagenet needs classes_of to be an "
+                            f"imagenet_val dataset, not {datasets[described]['kind']}")
         other = entry.get("files_of")
         if other is None:
             continue

@@ -14,7 +14,8 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
     device = resolve_device(snakemake.params.device)
     encoder = load_encoder(EncoderSpec.from_config(snakemake.wildcards.encoder, entry, str(device)))
     summary = extract(encoder, snakemake.input.manifest, snakemake.output[0],
-                      layers=entry["layers"], batch_size=entry["batch_size"],
+                      modalities=snakemake.params.modalities, layers=entry["layers"],
+                      batch_size=entry["batch_size"],
                       workers=min(4, max(0, snakemake.threads - 2)),  # 2 threads: decode inline
                       dataset=snakemake.wildcards.dataset, split=snakemake.wildcards.split,
                       autocast_dtype=entry["dtype"])
