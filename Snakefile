@@ -17,6 +17,8 @@ include: "rules/features.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/render.smk"
+include: "rules/synthetic.smk"
+include: "rules/heterogeneity.smk"
 
 
 rule all:

@@ -11,6 +11,8 @@ os.environ.update(
 )
 
 from xsae.config import run_seed, sweep_runs, validate  # noqa: E402
+from xsae.comparisons import comparison_runs  # noqa: E402
+from xsae.synthetic_experiments import experiments as synthetic_experiments  # noqa: E402
 from xsae.tables import SPARC_TABLES  # noqa: E402
 
 config.update(validate(config, source="config"))
@@ -29,6 +31,12 @@ wildcard_constraints:
     sweep="[A-Za-z0-9_]+",
     set="[A-Za-z0-9_]+",
     table="|".join(SPARC_TABLES),
+    distance=r"[0-9.]+",
+    seed=r"[0-9]+",
+    method=r"[a-z_]+?(_x[0-9.e+-]+)?",
+    figure="distance|lambda",
+    variant="trained|aligned",
+    comparison="[A-Za-z0-9_]+",
 
 
 def _names_pattern(names):
@@ -186,6 +194,91 @@ def reconstruction_table_inputs(wildcards):
     ]
 
 
+COMPARISONS = comparison_runs(config)
+#: run name → comparison, for the runs comparisons generate
+COMPARISON_OF_RUN = {m["run"]: name for name, members in COMPARISONS.items() for m in members}
+COMPARISON_RUNS = _names_pattern(COMPARISON_OF_RUN)
+
+
+def comparison_spec(wildcards):
+    return config["comparisons"][COMPARISON_OF_RUN[wildcards.run]]
+
+
+def _stream_encoder(name):
+    return config["streams"][name]["encoder"]
+
+
+def comparison_eval_inputs(wildcards):
+    """Weights (as trained or post-hoc aligned) and every feature file a comparison scores on."""
+    spec = comparison_spec(wildcards)
+    image, text = (_stream_encoder(name) for name in spec["streams"])
+    weights = "aligned" if wildcards.variant == "aligned" else "weights"
+    inputs = {
+        "weights": f"results/sae/{wildcards.run}/{weights}.safetensors",
+        "retrieval_image": FEATURES.format(dataset=spec["retrieval"], split="test", encoder=image),
+        "retrieval_text": FEATURES.format(dataset=spec["retrieval"], split="test", encoder=text),
+        "retrieval_manifest": MANIFEST.format(dataset=spec["retrieval"], split="test"),
+        "retrieval_labels": LABELS.format(dataset=spec["retrieval"]),
+    }
+    if spec["zero_shot"]:
+        zero_shot = spec["zero_shot"]
+        inputs.update(
+            zero_shot_image=FEATURES.format(dataset=zero_shot["dataset"], split="test", encoder=image),
+            zero_shot_manifest=MANIFEST.format(dataset=zero_shot["dataset"], split="test"),
+            prompts=FEATURES.format(dataset=zero_shot["prompts"], split="test", encoder=text),
+            prompts_manifest=MANIFEST.format(dataset=zero_shot["prompts"], split="test"),
+        )
+        if zero_shot["drop_frequent"]:
+            inputs["train_image"] = FEATURES.format(dataset=spec["dataset"], split="train", encoder=image)
+    if spec["monosemanticity"]:
+        mono = spec["monosemanticity"]
+        inputs.update(
+            external_image=FEATURES.format(
+                dataset=spec["retrieval"], split="test", encoder=mono["image_encoder"]
+            ),
+            external_text=FEATURES.format(
+                dataset=spec["retrieval"], split="test", encoder=mono["text_encoder"]
+            ),
+        )
+    return inputs
+
+
+def comparison_members(wildcards):
+    return COMPARISONS[wildcards.comparison]
+
+
+def comparison_metric_inputs(wildcards):
+    return [
+        f"results/comparisons/{m['run']}/{m['variant']}/metrics.csv"
+        for m in COMPARISONS[wildcards.comparison]
+    ]
+
+
+def comparison_reference_input(wildcards):
+    reference = config["comparisons"][wildcards.comparison]["reference"]
+    if not reference:
+        return []
+    if os.path.isabs(reference) or os.path.exists(reference):
+        return [reference]
+    return [os.path.join(workflow.basedir, reference)]
+
+
+def comparison_file_inputs(kind):
+    def inputs(wildcards):
+        return [
+            f"results/comparisons/{m['run']}/{m['variant']}/{kind}.csv"
+            for m in COMPARISONS[wildcards.comparison]
+        ]
+
+    return inputs
+
+
+def synthetic_figure_inputs(wildcards):
+    """Metrics of every synthetic run of one figure (Figure 6 also shows the base methods)."""
+    return [f"{e.path}/metrics.csv" for e in SYNTHETIC_RUNS if e.figure == wildcards.figure
+            or (wildcards.figure == "lambda" and e.distance == config["synthetic"]["lambda_distance"])]
+
+
 def final_outputs():
     # Every dataset's manifests, so that a listed dataset is always downloaded and checked.
     outputs = [MANIFEST.format(dataset=dataset, split=split)
@@ -208,6 +301,14 @@ def final_outputs():
         if spec["top_activations"]:
             outputs += [f"results/figures/top_activations_{run}.png"
                         for run in spec["configurations"].values()]
+    for name, spec in config["comparisons"].items():
+        outputs += [f"results/tables/comparison_{name}.{ext}" for ext in ("csv", "md", "tex")]
+        if spec["steering"]:
+            outputs.append(f"results/figures/steering_{name}.png")
+        if spec["monosemanticity"]:
+            outputs.append(f"results/figures/monosemanticity_{name}.png")
+    if config["synthetic"].get("seeds"):
+        outputs += [f"results/figures/synthetic_{figure}.png" for figure in ("distance", "lambda")]
     for dataset in config["figures"]["dataset_overview"]:
         outputs.append(f"results/figures/dataset_overview_{dataset}.png")
     return outputs

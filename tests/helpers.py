@@ -83,6 +83,15 @@ def tiny_config(unpacked: Path) -> dict:
                                     "values": [32, 64]}}
     config["evaluation"].update(jaccard_top_n=3, probe_min_positives=2)
     config["figures"]["n_examples"] = 4
+    config["synthetic"].update(
+        generator={"d": 32, "n_shared": 16, "n_image": 8, "n_text": 8, "sparsity": 0.8, "n_train": 600,
+                   "n_eval": 200},
+        seeds=[1, 2], distances=[0.0, 0.5], lambda_distance=0.5, multipliers=[1.0])
+    config["synthetic"]["sae"].update(n_latents=128, k=4, epochs=3, batch_size=64, log_every=5)
+    comparison = config["comparisons"]["tuxpaint"]
+    comparison["seeds"] = [1, 2]
+    comparison["sae"].update(n_latents=64, k=4, epochs=3, batch_size=8, log_every=1, checkpoint_every=2)
+    comparison["steering"]["n_sources"] = 3
     return config
 
 

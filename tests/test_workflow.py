@@ -52,12 +52,18 @@ def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> d
 
 def test_default_dag_has_every_stage(tmp_path):
     """The default config's DAG: one download, one manifest, 3 encoders × 2 splits; 2 single-stream
-    SAEs, 4 SPARC configurations and a sweep base, and 4 sweeps × 3 values × 2 TopK modes."""
+    SAEs, 4 SPARC configurations and a sweep base, and 4 sweeps × 3 values × 2 TopK modes; the
+    synthetic experiments: 5 distances × 3 seeds of data, 2 methods on each, and 2 losses × 3
+    multipliers × 3 seeds at distance 0.5; the Tux Paint comparison: modality-specific SAEs for 3
+    seeds, each aligned post hoc and scored before and after."""
     jobs = planned_jobs(tmp_path, REPO / "config" / "config.yaml")
-    runs = 2 + 4 + 1 + 4 * 3 * 2
+    runs = 2 + 4 + 1 + 4 * 3 * 2 + 3
     assert jobs == {
+        "synthetic_data": 5 * 3, "synthetic_run": 5 * 3 * 2 + 2 * 3 * 3, "figure_synthetic": 2,
+        "align_sae": 3, "evaluate_comparison": 3 * 2, "table_comparison": 1, "figure_steering": 1,
+        "figure_monosemanticity": 1,
         "download_tuxpaint": 1, "manifest": 1, "extract_features": 6,
-        "train_sae": runs, "evaluate_reconstruction": runs, "figure_training": 7,
+        "train_sae": runs, "evaluate_reconstruction": runs, "figure_training": 7 + 3,
         "evaluate_sparc": 5, "figure_sweep": 4, "figure_top_activations": 4, "table_sparc": 5,
         "table_reconstruction": 1, "figure_dataset_overview": 1, "all": 1,
     }
@@ -73,7 +79,9 @@ def test_paper_dag_builds(tmp_path):
     groups = 7 * 2
     runs = 8 + groups + 1 + sweeps
     extraction = (8 + 2) * 2  # encoders × splits
+    synthetic = 6 * 3 * 2 + 2 * 3 + 2 * 5 * 3  # Figure 5; Figure 6's base methods at 0.5 and losses
     assert jobs == {
+        "synthetic_data": (6 + 1) * 3, "synthetic_run": synthetic, "figure_synthetic": 2,
         "download_dataset": 6, "manifest_labelled": 6, "extract_features": extraction,
         "figure_dataset_overview": 2, "train_sae": runs, "evaluate_reconstruction": runs,
         "evaluate_sparc": 9 + groups, "figure_training": 9 + groups, "figure_sweep": 4,
@@ -140,6 +148,52 @@ def test_end_to_end_outputs(finished_run):
     assert (results / "figures/top_activations_sparc_global_l1.png").stat().st_size > 10_000
     counts = pd.read_csv(results / "tables/label_counts_tuxpaint.csv")
     assert counts[["train", "test"]].to_numpy().sum() == N_USABLE
+
+
+@pytest.mark.slow
+def test_method_comparison_end_to_end(finished_run):
+    """Heterogeneity Table 1 (retrieval columns), Figures 7 and 8 on the fixture stamps."""
+    results = finished_run[0] / "results"
+    table = pd.read_csv(results / "tables/comparison_tuxpaint.csv").set_index("method")
+    assert table.index.tolist() == ["modality_specific", "modality_specific_post_hoc"]
+    assert (table["runs"] == 2).all()
+    # Post-hoc alignment re-indexes latents: the reconstructions, and so the MSE, do not change.
+    assert table.loc["modality_specific_post_hoc", "coco_mse"] == pytest.approx(
+        table.loc["modality_specific", "coco_mse"], rel=1e-6)
+    recalls = table[["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]]
+    assert recalls.to_numpy().min() >= 0 and recalls.to_numpy().max() <= 100
+    assert (recalls["i2t_r1"] <= recalls["i2t_r10"]).all()
+    report = json.loads((results / "sae/tuxpaint_modality_specific_s1/alignment.json").read_text())
+    assert sorted(report["permutation"]) == list(range(32))  # a true permutation of 64 / 2 latents
+    steering = pd.read_csv(results / "tables/steering_tuxpaint.csv")
+    assert set(steering["method"]) == set(table.index) and steering["mAP"].between(0, 1).all()
+    for figure in ("steering_tuxpaint", "monosemanticity_tuxpaint"):
+        assert (results / f"figures/{figure}.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_synthetic_experiments_end_to_end(finished_run):
+    """Figures 5 and 6 of the heterogeneity paper at toy scale: every run scored, seeds summarised."""
+    results = finished_run[0] / "results"
+    distance = pd.read_csv(results / "tables/synthetic_distance.csv")
+    assert set(distance["method"]) == {"shared", "modality_specific", "post_hoc"}
+    assert sorted(set(distance["distance"])) == [0.0, 0.5] and (distance["runs"] == 2).all()
+    lam = pd.read_csv(results / "tables/synthetic_lambda.csv")
+    assert set(lam["method"]) == {"shared", "modality_specific", "post_hoc", "iso_energy_x1",
+                                  "group_sparse_x1"}
+    assert set(lam["distance"]) == {0.5}
+    pivot = lam.pivot_table(index="method", columns="metric", values="mean")
+    # Post-hoc alignment re-indexes the same SAEs: reconstruction unchanged, latents better aligned.
+    assert pivot.loc["post_hoc", "reconstruction_error"] == pytest.approx(
+        pivot.loc["modality_specific", "reconstruction_error"], rel=1e-6)
+    assert pivot.loc["post_hoc", "latent_alignment_error"] < pivot.loc["modality_specific",
+                                                                      "latent_alignment_error"]
+    assert pivot.loc["modality_specific", "feature_collapse_rate"] == 0  # separate decoders
+    assert pivot.to_numpy().min() >= 0 and pivot["feature_collapse_rate"].max() <= 1
+    for figure in ("distance", "lambda"):
+        assert (results / f"figures/synthetic_{figure}.png").stat().st_size > 10_000
+    runs = list((results / "synthetic/runs").glob("*/*/metrics.csv"))
+    assert len(runs) == 2 * 2 * 2 + 2 * 2
 
 
 @pytest.mark.slow

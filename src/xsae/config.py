@@ -65,8 +65,62 @@ def validate(config: Mapping[str, Any], *, source: str = "config",
         lines = [f"  {_key_path(e)}: {_describe(e)}" for e in errors]
         raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
     expand_sweeps(resolved, source=source)
+    _expand_comparisons(resolved, validator, source)
+    _validate_synthetic(resolved, validator, source)
     check_references(resolved, source=source)
     return resolved
+
+
+def _run_with_defaults(entry: dict[str, Any], key: str, validator: Any, source: str) -> dict[str, Any]:
+    """A generated SAE run entry checked against the sae_runs schema, defaults filled in."""
+    entry = copy.deepcopy(entry)
+    run_schema = validator.schema["$defs"]["sae_run"]
+    errors = sorted(validator.evolve(schema=run_schema).iter_errors(entry),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {key}.{_key_path(e)}: {_describe(e)}" for e in errors]
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    return entry
+
+
+def _expand_comparisons(config: dict[str, Any], validator: Any, source: str) -> None:
+    """Add every comparison's trained runs to `sae_runs`, checked like hand-written ones."""
+    from xsae.comparisons import expand_comparisons
+
+    for name, spec in config.get("comparisons", {}).items():
+        reserved = sorted({"method", "dataset", "streams", "seed"} & set(spec["sae"]))
+        if reserved:
+            raise ConfigError(f"{source}: comparisons.{name}.sae: {reserved} are set per run; remove them")
+    generated: dict[str, Any] = {}
+    expand_comparisons(generated, comparisons=config.get("comparisons", {}), source=source)
+    for run, entry in generated.get("sae_runs", {}).items():
+        config.setdefault("sae_runs", {})[run] = _run_with_defaults(entry, f"comparisons → sae_runs.{run}",
+                                                                    validator, source)
+
+
+def _validate_synthetic(config: dict[str, Any], validator: Any, source: str) -> None:
+    """Fill the synthetic runs' SAE settings with the sae_runs defaults and check the generator's
+    keys, so that a typo fails before any job starts."""
+    spec = config.get("synthetic")
+    if not spec:
+        return
+    reserved = sorted({"method", "dataset", "streams"} & set(spec["sae"]))
+    if reserved:
+        raise ConfigError(f"{source}: synthetic.sae: {reserved} are set per run; remove them")
+    entry = {**spec["sae"], "method": "shared", "dataset": "synthetic", "streams": ["image", "text"]}
+    run_schema = validator.schema["$defs"]["sae_run"]
+    errors = sorted(validator.evolve(schema=run_schema).iter_errors(entry),
+                    key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  synthetic.sae.{_key_path(e)}: {_describe(e)}" for e in errors]
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    spec["sae"] = {k: v for k, v in entry.items() if k not in ("method", "dataset", "streams")}
+    from xsae.synthetic_experiments import generator_config
+
+    try:
+        generator_config(spec, spec["distances"][0], 0)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -120,6 +174,34 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
         elif datasets[other]["kind"] != entry["kind"] or datasets[other].get("files_of"):
             problems.append(f"  datasets.{name}.files_of: {other!r} must be a dataset of the same kind "
                             f"({entry['kind']}) that downloads its own files")
+    def needs_features(key: str, dataset: str, encoder: str) -> None:
+        if dataset not in datasets:
+            unknown(key, dataset, "dataset", datasets)
+        elif encoder in encoders and encoder not in config["features"].get(dataset, []):
+            problems.append(f"  {key}: needs features of {encoder!r} on {dataset!r}; add it to "
+                            f"features.{dataset}")
+
+    for name, spec in config.get("comparisons", {}).items():
+        key = f"comparisons.{name}"
+        pair = [streams[s]["encoder"] for s in spec["streams"] if s in streams]
+        if len(pair) != 2:
+            continue  # the generated runs' unknown streams are reported below
+        image, text = pair
+        for encoder in pair:
+            needs_features(f"{key}.retrieval", spec["retrieval"], encoder)
+        if spec["zero_shot"]:
+            needs_features(f"{key}.zero_shot.dataset", spec["zero_shot"]["dataset"], image)
+            needs_features(f"{key}.zero_shot.prompts", spec["zero_shot"]["prompts"], text)
+            prompts = datasets.get(spec["zero_shot"]["prompts"], {})
+            if prompts and prompts["kind"] != "class_prompts":
+                problems.append(f"  {key}.zero_shot.prompts: {spec['zero_shot']['prompts']!r} must be a "
+                                "class_prompts dataset")
+        for role in ("image_encoder", "text_encoder") if spec["monosemanticity"] else ():
+            encoder = spec["monosemanticity"][role]
+            if encoder not in encoders:
+                unknown(f"{key}.monosemanticity.{role}", encoder, "encoder", encoders)
+            else:
+                needs_features(f"{key}.monosemanticity.{role}", spec["retrieval"], encoder)
     for dataset, names in config["features"].items():
         if dataset not in datasets:
             unknown(f"features.{dataset}", dataset, "dataset", datasets)

@@ -186,3 +186,139 @@ def top_activations_figure(top: pd.DataFrame, manifest: pd.DataFrame, latents: S
     if title:
         figure.suptitle(title)
     return figure
+
+
+# ---- heterogeneity paper, synthetic experiments ------------------------------------------------
+SYNTHETIC_LABELS = {
+    "reconstruction_error": "reconstruction error",
+    "feature_recovery_error": "feature recovery error",
+    "latent_alignment_error": "latent alignment error",
+    "feature_alignment_error": "feature alignment error",
+    "feature_collapse_rate": "feature collapse rate",
+}
+SYNTHETIC_STYLE = {  # colours of the paper's figures
+    "shared": ("shared SAE", "tab:green"),
+    "modality_specific": ("modality-specific SAEs", "goldenrod"),
+    "post_hoc": ("post-hoc alignment", "tab:orange"),
+    "iso_energy": ("Iso-Energy alignment", "teal"),
+    "group_sparse": ("group-sparse loss", "tab:blue"),
+}
+
+
+def _synthetic_rows(table: pd.DataFrame, metric: str, method: str) -> pd.DataFrame:
+    part = table[(table["metric"] == metric) & (table["method"] == method)]
+    return part.sort_values("distance")
+
+
+def synthetic_distance_figure(table: pd.DataFrame,
+                              metrics: Sequence[str] = ("feature_collapse_rate", "reconstruction_error",
+                                                        "feature_recovery_error")) -> plt.Figure:
+    """Figure 5: shared vs modality-specific SAEs against the cosine distance of paired concepts;
+    mean over seeds with ± one standard deviation shaded."""
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), constrained_layout=True,
+                                squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for method in ("shared", "modality_specific"):
+            rows = _synthetic_rows(table, metric, method)
+            if rows.empty:
+                continue
+            label, colour = SYNTHETIC_STYLE[method]
+            std = rows["std"].fillna(0)
+            ax.plot(rows["distance"], rows["mean"], marker="o", color=colour, label=label)
+            ax.fill_between(rows["distance"], rows["mean"] - std, rows["mean"] + std, color=colour, alpha=0.2)
+        ax.set_xlabel("cosine distance between paired concept directions")
+        ax.set_title(SYNTHETIC_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    return figure
+
+
+def synthetic_lambda_figure(table: pd.DataFrame, distance: float,
+                            metrics: Sequence[str] = ("feature_recovery_error", "latent_alignment_error",
+                                                      "feature_alignment_error")) -> plt.Figure:
+    """Figure 6: alignment losses against their weight multiplier (log scale), with the shared,
+    modality-specific and post-hoc aligned SAEs, which have no λ, as horizontal bands."""
+    at = table[np.isclose(table["distance"], distance)]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), constrained_layout=True,
+                                squeeze=False)
+    losses = sorted({m.rsplit("_x", 1)[0] for m in at["method"] if "_x" in m})
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for loss in losses:
+            rows = at[(at["metric"] == metric) & at["method"].str.startswith(f"{loss}_x")]
+            rows = rows.sort_values("multiplier")
+            label, colour = SYNTHETIC_STYLE.get(loss, (loss, None))
+            std = rows["std"].fillna(0)
+            ax.plot(rows["multiplier"], rows["mean"], marker="o", color=colour, label=label)
+            ax.fill_between(rows["multiplier"], rows["mean"] - std, rows["mean"] + std, color=colour,
+                            alpha=0.2)
+        for method in ("shared", "modality_specific", "post_hoc"):
+            rows = _synthetic_rows(at, metric, method)
+            if rows.empty:
+                continue
+            label, colour = SYNTHETIC_STYLE[method]
+            mean, std = float(rows["mean"].iloc[0]), float(rows["std"].fillna(0).iloc[0])
+            ax.axhline(mean, color=colour, ls="--", label=label)
+            ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("λ / default λ")
+        ax.set_title(SYNTHETIC_LABELS.get(metric, metric))
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    figure.suptitle(f"cosine distance {distance:g}")
+    return figure
+
+
+# ---- heterogeneity paper, real-data comparisons ------------------------------------------------
+COMPARISON_STYLE = {
+    "shared": ("shared SAE", "tab:green"),
+    "shared_iso_energy": ("+ Iso-Energy", "teal"),
+    "shared_group_sparse": ("+ group-sparse", "tab:blue"),
+    "modality_specific": ("modality-specific SAEs", "goldenrod"),
+    "modality_specific_post_hoc": ("+ post-hoc alignment", "tab:orange"),
+}
+
+
+def steering_summary(steering: pd.DataFrame) -> pd.DataFrame:
+    """Mean mAP and MRR over concepts (skipped concepts excluded), then mean and std over seeds."""
+    scored = steering[steering["latent"] >= 0] if "latent" in steering else steering
+    per_seed = scored.groupby(["method", "seed", "alpha"], as_index=False)[["mAP", "MRR"]].mean()
+    summary = per_seed.groupby(["method", "alpha"], as_index=False).agg(
+        mAP=("mAP", "mean"), mAP_std=("mAP", "std"), MRR=("MRR", "mean"), MRR_std=("MRR", "std"),
+        seeds=("seed", "nunique"))
+    return summary
+
+
+def steering_figure(summary: pd.DataFrame) -> plt.Figure:
+    """Figure 7: mAP and MRR against the steering strength α, one line per method."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.4), constrained_layout=True)
+    for ax, metric in zip(axes, ("mAP", "MRR"), strict=True):
+        for method, rows in summary.groupby("method", sort=False):
+            label, colour = COMPARISON_STYLE.get(method, (method, None))
+            rows = rows.sort_values("alpha")
+            std = rows[f"{metric}_std"].fillna(0)
+            ax.plot(rows["alpha"], rows[metric], marker="o", color=colour, label=label)
+            ax.fill_between(rows["alpha"], rows[metric] - std, rows[metric] + std, color=colour, alpha=0.15)
+        ax.set_xlabel("steering strength α")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return figure
+
+
+def monosemanticity_figure(curves: pd.DataFrame) -> plt.Figure:
+    """Figure 8: sorted monosemanticity scores per method (first seed), image and text panels."""
+    modalities = [m for m in ("image", "text") if m in set(curves.get("modality", []))]
+    figure, axes = plt.subplots(1, max(len(modalities), 1), figsize=(4.5 * max(len(modalities), 1), 3.4),
+                                constrained_layout=True, squeeze=False)
+    for ax, modality in zip(axes[0], modalities, strict=False):
+        part = curves[curves["modality"] == modality]
+        for method, rows in part.groupby("method", sort=False):
+            rows = rows[rows["seed"] == rows["seed"].min()].sort_values("rank")
+            label, colour = COMPARISON_STYLE.get(method, (method, None))
+            ax.plot(rows["rank"], rows["score"], color=colour, label=label)
+        ax.set_xlabel("latent (sorted)")
+        ax.set_ylabel("monosemanticity score")
+        ax.set_title(modality)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    return figure

@@ -209,3 +209,9 @@ def r2_table(metrics: dict[str, pd.DataFrame], stream_names: list[str],
                     row[f"{prefix}: {source} (paper)"] = paper
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# ---- heterogeneity paper -----------------------------------------------------------------------
+COMPARISON_CAPTION = ("Reconstruction MSE and image↔text Recall@k (%) in the latent space on the retrieval "
+                      "dataset, reconstruction MSE and zero-shot top-1 accuracy (%) on the classification "
+                      "dataset; mean and standard deviation (_std) over seeds.")

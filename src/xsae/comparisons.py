@@ -1,0 +1,448 @@
+"""Method comparisons of "Same Concept, Different Directions" on real embeddings (Tables 1–4,
+Figures 7 and 8), as config data.
+
+A comparison names an image stream and a text stream of one dataset, the SAE settings, the methods
+and the seeds; every trained method × seed becomes an ordinary `sae_runs` entry named
+`<comparison>_<method>_s<seed>`, trained by the usual rule. Methods:
+
+- `shared`: one SAE for both modalities (m latents);
+- `shared_iso_energy`, `shared_group_sparse`: the shared SAE with an auxiliary alignment loss;
+- `modality_specific`: one SAE per modality (m/2 latents each), indices unrelated across them;
+- `modality_specific_post_hoc`: the same SAEs after post-hoc alignment (the text SAE re-indexed by
+  the Hungarian matching of coactivation correlations on the training pairs): not trained again.
+
+Each run is scored on held-out data of other datasets of the same encoders: reconstruction MSE
+(‖x − x̂‖², the paper's Eq. 7) and image↔text Recall@1/5/10 in the latent space on a retrieval
+dataset (COCO: several captions per image), reconstruction MSE and zero-shot top-1 accuracy on a
+classification dataset with class-prompt features (ImageNet), concept steering (Figure 7) and
+monosemanticity scores with an external encoder (Figure 8).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from xsae.datasets.manifest import Label, read_labels, read_manifest
+from xsae.errors import ConfigError, DataError
+from xsae.features import StreamRef, load_streams
+from xsae.metrics.monosemanticity import monosemanticity_scores
+from xsae.metrics.retrieval import multi_caption_retrieval
+from xsae.metrics.steering import concept_latents, mention_matrix, steering_retrieval
+from xsae.metrics.synthetic import encode_stream
+from xsae.metrics.zero_shot import firing_rates, zero_shot_table
+from xsae.runs import normalize_inputs
+from xsae.sae import Codes, SparseAutoencoder
+
+TRAINED_METHODS = ("shared", "shared_iso_energy", "shared_group_sparse", "modality_specific")
+METHODS = (*TRAINED_METHODS, "modality_specific_post_hoc")
+#: Table 1's columns, in order (MSE; recalls and accuracy in percent).
+TABLE_COLUMNS = (
+    "coco_mse",
+    "i2t_r1",
+    "i2t_r5",
+    "i2t_r10",
+    "t2i_r1",
+    "t2i_r5",
+    "t2i_r10",
+    "imagenet_mse",
+    "zero_shot",
+)
+IMAGE, TEXT = 0, 1
+
+
+def run_name(comparison: str, method: str, seed: int) -> str:
+    return f"{comparison}_{method}_s{seed}"
+
+
+def trained_method(method: str) -> str:
+    """The trained run a method's numbers come from (post-hoc alignment reuses modality_specific)."""
+    return "modality_specific" if method == "modality_specific_post_hoc" else method
+
+
+def method_entry(spec: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The sae_runs entry of one trained method of a comparison (before schema defaults)."""
+    entry = copy.deepcopy(dict(spec["sae"]))
+    entry.update(dataset=spec["dataset"], streams=list(spec["streams"]))
+    if method == "modality_specific":
+        entry["method"] = "modality_specific"
+    elif method == "shared":
+        entry["method"] = "shared"
+    elif method in ("shared_iso_energy", "shared_group_sparse"):
+        kind = method.removeprefix("shared_")
+        entry.update(
+            method="shared",
+            alignment_loss={"kind": kind, "weight": spec["alignment_weights"][kind], "multiplier": 1.0},
+        )
+    else:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return entry
+
+
+def comparison_runs(config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per comparison: every (method, seed, run name, variant) it reports, in config order.
+
+    `variant` is `trained` for the run as trained and `aligned` for the post-hoc aligned copy.
+    """
+    planned = {}
+    for name, spec in config.get("comparisons", {}).items():
+        planned[name] = [
+            {
+                "method": method,
+                "seed": seed,
+                "run": run_name(name, trained_method(method), seed),
+                "variant": "aligned" if method == "modality_specific_post_hoc" else "trained",
+            }
+            for method in spec["methods"]
+            for seed in spec["seeds"]
+        ]
+    return planned
+
+
+def expand_comparisons(config: dict[str, Any], *, comparisons: Mapping[str, Any] | None = None,
+                       source: str = "config") -> None:
+    """Add every comparison's trained runs to `config["sae_runs"]` (idempotent: same names, same
+    entries); `comparisons` defaults to `config["comparisons"]`."""
+    runs = config.setdefault("sae_runs", {})
+    for name, spec in (config.get("comparisons", {}) if comparisons is None else comparisons).items():
+        if "modality_specific_post_hoc" in spec["methods"] and "modality_specific" not in spec["methods"]:
+            raise ConfigError(
+                f"{source}: comparisons.{name}.methods: modality_specific_post_hoc aligns "
+                "the modality_specific runs; list modality_specific too"
+            )
+        for method in spec["methods"]:
+            if method == "modality_specific_post_hoc":
+                continue
+            for seed in spec["seeds"]:
+                runs[run_name(name, method, seed)] = {**method_entry(spec, method), "seed": seed}
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+def _encode(model: SparseAutoencoder, stream: int, x: torch.Tensor, batch_size: int = 8192) -> Codes:
+    chunks = [encode_stream((model, stream), x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return Codes(torch.cat([c.values for c in chunks]), torch.cat([c.indices for c in chunks]))
+
+
+def _squared_error(model: SparseAutoencoder, stream: int, x: torch.Tensor, codes: Codes) -> float:
+    """Mean over rows of ‖x − x̂‖² (the paper's reconstruction MSE)."""
+    recon = model.decode(stream, codes)
+    return float((recon - x).double().pow(2).sum(dim=1).mean())
+
+
+def _features(
+    paths: Sequence[str | Path], modalities: Sequence[str], input_norm: str, device: torch.device
+) -> tuple[list[torch.Tensor], list[str]]:
+    arrays, ids = load_streams([StreamRef(Path(p), m) for p, m in zip(paths, modalities, strict=True)])
+    return [normalize_inputs(a, input_norm).to(device) for a in arrays], ids
+
+
+def group_captions(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each distinct image, image index of each caption row): one row per image–caption
+    pair, or one per image, both work; rows sharing an `image_path` are one image."""
+    codes, uniques = pd.factorize(table["image_path"])
+    first = (
+        np.array([int(np.flatnonzero(codes == i)[0]) for i in range(len(uniques))])
+        if len(uniques)
+        else np.zeros(0, dtype=int)
+    )
+    return first, codes.astype(np.int64)
+
+
+def leaf_label_sets(table: pd.DataFrame, labels: Sequence[Label]) -> tuple[list[str], np.ndarray]:
+    """The leaf classes (names) and a bool `[N, C]` of which rows carry each, from `leaf_ids`."""
+    parents = {label.parent for label in labels if label.parent is not None}
+    leaves = [label for label in labels if label.id not in parents]
+    column = {label.id: j for j, label in enumerate(leaves)}
+    member = np.zeros((len(table), len(leaves)), dtype=bool)
+    for i, cell in enumerate(table["leaf_ids"].astype(str)):
+        for part in filter(None, cell.split(";")):
+            if int(part) in column:
+                member[i, column[int(part)]] = True
+    return [label.name for label in leaves], member
+
+
+@torch.no_grad()
+def score_retrieval(
+    model: SparseAutoencoder, image: torch.Tensor, text: torch.Tensor, table: pd.DataFrame
+) -> dict[str, float]:
+    """COCO-style reconstruction MSE and image↔text recalls (percent) in the latent space."""
+    first, caption_image = group_captions(table)
+    images = image[torch.as_tensor(first, device=image.device)]
+    image_codes, text_codes = _encode(model, IMAGE, images), _encode(model, TEXT, text)
+    mse = 0.5 * (
+        _squared_error(model, IMAGE, images, image_codes) + _squared_error(model, TEXT, text, text_codes)
+    )
+    recall = multi_caption_retrieval(image_codes, text_codes, torch.as_tensor(caption_image))
+    out = {"coco_mse": mse, "n_images": float(len(first)), "n_captions": float(len(text))}
+    for direction, key in (("image_to_text", "i2t"), ("text_to_image", "t2i")):
+        for k in (1, 5, 10):
+            out[f"{key}_r{k}"] = 100 * recall[direction][f"R@{k}"]
+    return out
+
+
+@torch.no_grad()
+def score_zero_shot(
+    model: SparseAutoencoder,
+    image: torch.Tensor,
+    table: pd.DataFrame,
+    prompts: torch.Tensor,
+    prompt_table: pd.DataFrame,
+    train_image: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Image reconstruction MSE and zero-shot top-1 accuracy (percent) through the latent space.
+
+    Class c of the prompts is the c-th distinct `leaf_ids` value in prompt order (class-major);
+    an image's class is its single leaf label. Frequent image latents (> ½ of the training images)
+    are dropped in the `drop_frequent` variant when training images are given.
+    """
+    classes = list(dict.fromkeys(prompt_table["leaf_ids"].astype(str)))
+    index = {leaf: c for c, leaf in enumerate(classes)}
+    unknown = sorted(set(table["leaf_ids"].astype(str)) - set(index))
+    if unknown:
+        raise DataError(f"zero-shot: images carry labels {unknown[:5]} that no prompt names")
+    labels = torch.as_tensor([index[leaf] for leaf in table["leaf_ids"].astype(str)])
+    image_codes = _encode(model, IMAGE, image)
+    rates = (
+        firing_rates(_encode(model, IMAGE, train_image), model.config.n_latents)
+        if train_image is not None
+        else None
+    )
+    zero_shot = zero_shot_table(
+        image_codes,
+        prompts,
+        labels,
+        lambda x: _encode(model, TEXT, x),
+        model.config.n_latents,
+        n_classes=len(classes),
+        train_firing_rates=rates,
+    )
+    out = {"imagenet_mse": _squared_error(model, IMAGE, image, image_codes)}
+    for row in zero_shot.itertuples():
+        out["zero_shot" if row.variant == "all_latents" else f"zero_shot_{row.variant}"] = 100 * row.accuracy
+    return out
+
+
+@torch.no_grad()
+def score_steering(
+    model: SparseAutoencoder,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    table: pd.DataFrame,
+    labels: Sequence[Label],
+    *,
+    concepts_from: str,
+    alphas: Sequence[float],
+    n_sources: int,
+    seed: int,
+) -> pd.DataFrame:
+    """Figure 7: for each leaf class, the text latent most specific to it, its (aligned) image decoder
+    direction added to source images without the class, and mAP/MRR of retrieved images with it.
+
+    `concepts_from`: `captions` (captions that mention the class name, COCO) or `labels` (captions
+    of samples labelled with the class, for captions that rarely name their category).
+    """
+    concepts, member = leaf_label_sets(table, labels)
+    first, _ = group_captions(table)
+    if concepts_from == "captions":
+        mentions = mention_matrix(table["caption"].tolist(), concepts)
+    elif concepts_from == "labels":
+        mentions = member
+    else:
+        raise ConfigError(f"steering.concepts_from must be captions or labels, got {concepts_from!r}")
+    chosen = concept_latents(
+        _encode(model, TEXT, text), mentions, concepts, model.config.n_latents, seed=seed
+    )
+    gallery = image[torch.as_tensor(first, device=image.device)]
+    result = steering_retrieval(
+        gallery,
+        member[first],
+        concepts,
+        chosen["latent"].to_numpy(),
+        model.dec_weight[IMAGE].detach(),
+        alphas=alphas,
+        n_sources=n_sources,
+        seed=seed,
+    )
+    return result.merge(chosen[["concept", "mean_difference"]], on="concept", how="left")
+
+
+@torch.no_grad()
+def score_monosemanticity(
+    model: SparseAutoencoder,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    external_image: torch.Tensor,
+    external_text: torch.Tensor,
+    table: pd.DataFrame,
+) -> pd.DataFrame:
+    """Figure 8: per-latent monosemanticity of the image latents (on the distinct images, with the
+    external encoder's image embeddings) and of the text latents (captions, its text embeddings)."""
+    first, _ = group_captions(table)
+    rows = torch.as_tensor(first, device=image.device)
+    parts = []
+    for modality, stream, x, external in (
+        ("image", IMAGE, image[rows], external_image[rows]),
+        ("text", TEXT, text, external_text),
+    ):
+        scores = monosemanticity_scores(_encode(model, stream, x), external, model.config.n_latents)
+        curve = scores.sorted_scores()
+        curve.insert(0, "modality", modality)
+        parts.append(curve)
+    return pd.concat(parts, ignore_index=True)
+
+
+@torch.no_grad()
+def align_run(
+    weights_path: str | Path,
+    train_paths: Sequence[str | Path],
+    modalities: Sequence[str],
+    *,
+    input_norm: str,
+    aligned_path: str | Path,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Post-hoc alignment of a trained modality-specific run: re-index its text latents by the
+    Hungarian matching of coactivation correlations on the training pairs; save the copy."""
+    from xsae.alignment import align_streams
+
+    model = SparseAutoencoder.load(weights_path, device=device).eval()
+    (image, text), _ = _features(train_paths, modalities, input_norm, device)
+    chunk = 16384
+    report = align_streams(
+        model,
+        IMAGE,
+        TEXT,
+        (encode_stream((model, IMAGE), image[i : i + chunk]) for i in range(0, len(image), chunk)),
+        (encode_stream((model, TEXT), text[i : i + chunk]) for i in range(0, len(text), chunk)),
+        device=device,
+    )
+    model.save(
+        aligned_path,
+        extra_metadata={
+            "post_hoc_alignment": {
+                k: report[k]
+                for k in (
+                    "n_matched",
+                    "mean_matched_correlation",
+                    "n_alive_reference",
+                    "n_alive_moved",
+                    "n_samples",
+                )
+            }
+        },
+    )
+    return {
+        k: (v.tolist() if hasattr(v, "tolist") else v)
+        for k, v in report.items()
+        if k not in ("matched", "matched_pairs", "matched_correlation")
+    }
+
+
+@torch.no_grad()
+def evaluate_run(
+    weights_path: str | Path,
+    spec: Mapping[str, Any],
+    *,
+    input_norm: str,
+    inputs: Mapping[str, Any],
+    device: torch.device,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Every score a comparison asks for, on one (trained or aligned) run.
+
+    `inputs`: paths by role (as the workflow names them): `retrieval_image`, `retrieval_text`,
+    `retrieval_manifest`, `retrieval_labels`; optionally `zero_shot_image`, `zero_shot_manifest`,
+    `prompts`, `prompts_manifest`, `train_image` (for the frequent-latent variant); optionally
+    `external_image`, `external_text` (monosemanticity). Returns (metrics, steering, monosemanticity).
+    """
+    model = SparseAutoencoder.load(weights_path, device=device).eval()
+    table = read_manifest(inputs["retrieval_manifest"])
+    (image, text), ids = _features(
+        [inputs["retrieval_image"], inputs["retrieval_text"]], ["image", "text"], input_norm, device
+    )
+    if ids != table["sample_id"].tolist():
+        raise DataError(
+            f"{inputs['retrieval_manifest']}: rows differ from the features' sample_ids; re-extract them"
+        )
+    scores = score_retrieval(model, image, text, table)
+    if "zero_shot_image" in inputs:
+        zs_table = read_manifest(inputs["zero_shot_manifest"])
+        (zs_image,), _ = _features([inputs["zero_shot_image"]], ["image"], input_norm, device)
+        prompt_table = read_manifest(inputs["prompts_manifest"])
+        (prompts,), _ = _features([inputs["prompts"]], ["text"], "none", device)
+        train_image = None
+        if "train_image" in inputs:
+            (train_image,), _ = _features([inputs["train_image"]], ["image"], input_norm, device)
+        scores.update(score_zero_shot(model, zs_image, zs_table, prompts, prompt_table, train_image))
+    metrics = pd.DataFrame({"metric": list(scores), "value": list(scores.values())})
+    steering = pd.DataFrame()
+    if spec["steering"]:
+        settings = spec["steering"]
+        steering = score_steering(
+            model,
+            image,
+            text,
+            table,
+            read_labels(inputs["retrieval_labels"]),
+            concepts_from=settings["concepts_from"],
+            alphas=settings["alphas"],
+            n_sources=settings["n_sources"],
+            seed=seed,
+        )
+    mono = pd.DataFrame()
+    if "external_image" in inputs:
+        (ext_image, ext_text), ext_ids = _features(
+            [inputs["external_image"], inputs["external_text"]], ["image", "text"], "l2", device
+        )
+        if ext_ids != ids:
+            raise DataError(f"{inputs['external_image']}: rows differ from {inputs['retrieval_image']}")
+        mono = score_monosemanticity(model, image, text, ext_image, ext_text, table)
+    return metrics, steering, mono
+
+
+def comparison_table(
+    metrics: Mapping[tuple[str, int], pd.DataFrame],
+    methods: Sequence[str],
+    reference: Mapping[str, Mapping[str, float]] | None = None,
+) -> pd.DataFrame:
+    """Table 1 layout: one row per method (mean and spread over seeds), then the published rows.
+
+    `metrics`: (method, seed) → that run's tidy metrics. Columns that a run did not measure (no
+    zero-shot dataset, say) are left empty.
+    """
+    rows = []
+    for method in methods:
+        values = {}
+        for (m, _), frame in metrics.items():
+            if m == method:
+                for metric, value in zip(frame["metric"], frame["value"], strict=True):
+                    values.setdefault(metric, []).append(float(value))
+        row = {
+            "method": method,
+            "source": "reproduced",
+            "runs": max((len(v) for v in values.values()), default=0),
+        }
+        for column in TABLE_COLUMNS:
+            data = np.asarray(values.get(column, []), dtype=float)
+            row[column] = float(data.mean()) if data.size else float("nan")
+            row[f"{column}_std"] = float(data.std(ddof=1)) if data.size > 1 else float("nan")
+        rows.append(row)
+    for method in methods if reference else ():
+        published = reference.get(method)
+        if published:
+            rows.append(
+                {
+                    "method": method,
+                    "source": "paper",
+                    "runs": 3,
+                    **{c: published.get(c, float("nan")) for c in TABLE_COLUMNS},
+                    **{f"{c}_std": published.get(f"{c}_std", float("nan")) for c in TABLE_COLUMNS},
+                }
+            )
+    return pd.DataFrame(rows)
