@@ -307,6 +307,7 @@ def final_outputs():
             outputs.append(f"results/figures/steering_{name}.png")
         if spec["monosemanticity"]:
             outputs.append(f"results/figures/monosemanticity_{name}.png")
+    outputs += [f"results/figures/decoder_directions_{name}.png" for name in config["decoder_directions"]]
     if config["synthetic"].get("seeds"):
         outputs += [f"results/figures/synthetic_{figure}.png" for figure in ("distance", "lambda")]
     for dataset in config["figures"]["dataset_overview"]:

@@ -118,3 +118,49 @@ rule figure_monosemanticity:
         "../envs/render.yaml"
     script:
         "../workflow/scripts/figure_monosemanticity.py"
+
+
+rule decoder_directions:
+    """Cosine distances of image/text decoder directions by coactivation correlation, one run."""
+    input:
+        weights="results/sae/{run}/weights.safetensors",
+        features=run_feature_files,
+    output:
+        "results/directions/{run}.csv",
+    params:
+        run=run_entry,
+        streams=run_streams,
+        seed=run_seed_of,
+        device=config["device"],
+    log:
+        "results/logs/decoder_directions/{run}.log",
+    conda:
+        "../envs/evaluate.yaml"
+    script:
+        "../workflow/scripts/decoder_directions.py"
+
+
+rule figure_decoder_directions:
+    """Figure 2 (base models) or 9 (large models) of the heterogeneity paper."""
+    input:
+        lambda wildcards: [
+            f"results/directions/{run}.csv" for run in config["decoder_directions"][wildcards.figure]
+        ],
+    output:
+        png=report(
+            "results/figures/decoder_directions_{figure}.png",
+            caption="../workflow/report/figure_decoder_directions.rst",
+            category="Figures",
+            subcategory="Heterogeneity: decoder directions",
+        ),
+        pdf="results/figures/decoder_directions_{figure}.pdf",
+    params:
+        runs=lambda wildcards: config["decoder_directions"][wildcards.figure],
+    wildcard_constraints:
+        figure="[A-Za-z0-9_]+",
+    log:
+        "results/logs/figure_decoder_directions/{figure}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/figure_decoder_directions.py"

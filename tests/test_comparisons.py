@@ -173,3 +173,48 @@ def test_evaluation_datasets_must_have_the_features_they_need():
     raw["features"]["other"] = ["e"]
     with pytest.raises(ConfigError, match=r"needs features of 'm' on 'other'; add it to features\.other"):
         config.validate(raw)
+
+
+def test_decoder_directions_of_a_saved_run(tmp_path):
+    from xsae.comparisons import decoder_directions
+    from xsae.synthetic import SyntheticConfig, generate, write_dataset
+
+    data = generate(
+        SyntheticConfig(d=16, n_shared=8, n_image=4, n_text=4, sparsity=0.7, n_train=400, n_eval=50, seed=3)
+    )
+    write_dataset(data, tmp_path / "train.h5", tmp_path / "eval.h5", tmp_path / "truth.npz")
+    model = SparseAutoencoder(SAEConfig((16, 16), 32, 4, "local"), generator=torch.Generator().manual_seed(0))
+    model.save(tmp_path / "w.safetensors")
+    table = decoder_directions(
+        tmp_path / "w.safetensors",
+        [tmp_path / "train.h5"] * 2,
+        ["image", "text"],
+        input_norm="l2",
+        device=torch.device("cpu"),
+        max_pairs_per_bin=None,
+    )
+    assert {"bin", "latent_a", "latent_b", "correlation", "cosine_distance"} <= set(table.columns)
+    assert table["cosine_distance"].between(0, 2).all() and (table["correlation"] > 0).all()
+    dec = model.dec_weight
+    row = table.iloc[0]
+    expected = 1 - float(dec[0][int(row["latent_a"])] @ dec[1][int(row["latent_b"])])
+    assert row["cosine_distance"] == pytest.approx(expected, abs=1e-6)
+    shared = SparseAutoencoder(SAEConfig((16, 16), 32, 4, "local", shared_weights=True))
+    shared.save(tmp_path / "shared.safetensors")
+    with pytest.raises(ConfigError, match="separately trained streams"):
+        decoder_directions(
+            tmp_path / "shared.safetensors",
+            [tmp_path / "train.h5"] * 2,
+            ["image", "text"],
+            input_norm="l2",
+            device=torch.device("cpu"),
+        )
+
+
+def test_leaf_classes_from_label_ids_with_repeated_names_use_paths():
+    labels = [Label(0, "animals", "animals", None, 1), Label(1, "animals/cartoon", "cartoon", 0, 2),
+              Label(2, "food", "food", None, 1), Label(3, "food/cartoon", "cartoon", 2, 2),
+              Label(4, "food/fruit", "fruit", 2, 2)]
+    names, member = leaf_label_sets(pd.DataFrame({"label_ids": ["0;1", "2;4", "2;3"]}), labels)
+    assert names == ["animals/cartoon", "food/cartoon", "fruit"]
+    assert member.tolist() == [[True, False, False], [False, False, True], [False, True, False]]

@@ -71,27 +71,41 @@ def test_default_dag_has_every_stage(tmp_path):
 
 def test_paper_dag_builds(tmp_path):
     """config/paper.yaml: downloads and manifests of all six datasets (Open Images, COCO, LAION,
-    Flowers, CC-3M, ImageNet val); on GPUs the ten encoders of SPARC's Table 6 on Open Images (eight
-    models) and two on COCO; the four SPARC configurations on both datasets, Global and Local on the
-    seven stream groups of Tables 7–13, the sweep runs of Figures 6–10, every table."""
+    Flowers, CC-3M, ImageNet val), a per-caption COCO manifest from the same download and ImageNet
+    class prompts; on GPUs the ten encoders of SPARC's Table 6 on Open Images (eight models) and two
+    on COCO, four CLIP-type models on CC-3M and ImageNet, eight on COCO captions; SPARC: the four
+    configurations on both datasets, Global and Local on the seven stream groups of Tables 7–13, the
+    sweep runs of Figures 6–10, every table; heterogeneity: 7 comparisons (Tables 1–4) × 4 trained
+    methods × 3 seeds, each modality-specific run aligned post hoc and every method scored, Figures 2
+    and 9 from 8 modality-specific COCO runs, Figures 5 and 6 at full scale."""
     jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
     sweeps = 4 * 2 + 5 * 2 + 5 * 1 + 4 * 2  # L, k, λ (Global only), learning rate
     groups = 7 * 2
-    runs = 8 + groups + 1 + sweeps
-    extraction = (8 + 2) * 2  # encoders × splits
+    comparisons, directions = 7 * 4 * 3, 8
+    runs = 8 + groups + 1 + sweeps + comparisons + directions
+    # SPARC: Open Images 8 models, COCO 2 (× 2 splits); heterogeneity: CC-3M 4 (× 2), COCO captions
+    # 8 (× 2), ImageNet val and its prompts 4 each (test only)
+    extraction = (8 + 2) * 2 + 4 * 2 + 8 * 2 + 4 + 4
     synthetic = 6 * 3 * 2 + 2 * 3 + 2 * 5 * 3  # Figure 5; Figure 6's base methods at 0.5 and losses
     assert jobs == {
         "synthetic_data": (6 + 1) * 3, "synthetic_run": synthetic, "figure_synthetic": 2,
-        "download_dataset": 6, "manifest_labelled": 6, "extract_features": extraction,
+        "align_sae": 7 * 3, "evaluate_comparison": 7 * 5 * 3, "table_comparison": 7, "figure_steering": 1,
+        "figure_monosemanticity": 1, "decoder_directions": directions, "figure_decoder_directions": 2,
+        "download_dataset": 6, "manifest_labelled": 7, "manifest_prompts": 1, "extract_features": extraction,
         "figure_dataset_overview": 2, "train_sae": runs, "evaluate_reconstruction": runs,
-        "evaluate_sparc": 9 + groups, "figure_training": 9 + groups, "figure_sweep": 4,
-        "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7, "all": 1,
+        "evaluate_sparc": 9 + groups, "figure_training": 9 + groups + comparisons + directions,
+        "figure_sweep": 4, "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7,
+        "all": 1,
     }
     dry = snakemake(tmp_path, "--dry-run", configfile=REPO / "config" / "paper.yaml").stdout
     blocks = [block for block in dry.split("\n\n") if "rule extract_features:" in block]
     assert len(blocks) == extraction and all("gpu=1" in block for block in blocks)
     assert "results/tables/sparc_appendix_all_table3_r2.csv" in dry
     assert "sparc_appendix_all_table1_activation_patterns" not in dry
+    assert "results/features/imagenet/train" not in dry  # ImageNet's train split is not used
+    for target in ("comparison_clip_b32_batchtopk.csv", "decoder_directions_large.png",
+                   "steering_clip_b32_k32.png"):
+        assert target in dry
 
 
 def test_bad_config_fails_before_any_job(tmp_path):

@@ -155,16 +155,24 @@ def group_captions(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 
 def leaf_label_sets(table: pd.DataFrame, labels: Sequence[Label]) -> tuple[list[str], np.ndarray]:
-    """The leaf classes (names) and a bool `[N, C]` of which rows carry each, from `leaf_ids`."""
+    """The leaf classes and a bool `[N, C]` of which rows carry each.
+
+    Rows list their labels in `leaf_ids` or, in manifests without it, in `label_ids` (with their
+    ancestors, which a leaf class never is). A class is named by its label name, or by its path
+    where several leaves share a name (Tux Paint has a "cartoon" under several categories).
+    """
     parents = {label.parent for label in labels if label.parent is not None}
     leaves = [label for label in labels if label.id not in parents]
+    counts = pd.Series([label.name for label in leaves]).value_counts()
+    names = [label.name if counts[label.name] == 1 else label.path for label in leaves]
     column = {label.id: j for j, label in enumerate(leaves)}
+    cells = table["leaf_ids"] if "leaf_ids" in table else table["label_ids"]
     member = np.zeros((len(table), len(leaves)), dtype=bool)
-    for i, cell in enumerate(table["leaf_ids"].astype(str)):
+    for i, cell in enumerate(cells.astype(str)):
         for part in filter(None, cell.split(";")):
             if int(part) in column:
                 member[i, column[int(part)]] = True
-    return [label.name for label in leaves], member
+    return names, member
 
 
 @torch.no_grad()
@@ -446,3 +454,45 @@ def comparison_table(
                 }
             )
     return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def decoder_directions(
+    weights_path: str | Path,
+    train_paths: Sequence[str | Path],
+    modalities: Sequence[str],
+    *,
+    input_norm: str,
+    device: torch.device,
+    max_pairs_per_bin: int | None = 200_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Figure 2/9 data of one modality-specific run: the cosine distance between image and text
+    decoder directions of every pair of alive latents, by the pair's coactivation correlation on
+    the training pairs (Appendix D.1). Bins are subsampled to `max_pairs_per_bin` for plotting;
+    the full counts are in the table's `attrs`."""
+    from xsae.alignment import coactivation_correlation, decoder_cosine_by_correlation
+
+    model = SparseAutoencoder.load(weights_path, device=device).eval()
+    if model.n_streams != 2 or model.config.shared_weights:
+        raise ConfigError(f"{weights_path}: decoder directions need two separately trained streams "
+                          "(a modality_specific run)")
+    if model.config.input_dims[0] != model.config.input_dims[1]:
+        raise ConfigError(f"{weights_path}: image and text widths differ {model.config.input_dims}; "
+                          "directions compare only within one joint embedding space")
+    (image, text), _ = _features(train_paths, modalities, input_norm, device)
+    chunk = 16384
+    stats = coactivation_correlation(
+        (encode_stream((model, IMAGE), image[i : i + chunk]) for i in range(0, len(image), chunk)),
+        (encode_stream((model, TEXT), text[i : i + chunk]) for i in range(0, len(text), chunk)),
+        model.config.n_latents,
+        model.config.n_latents,
+        device=device,
+    )
+    return decoder_cosine_by_correlation(
+        model.dec_weight[IMAGE].detach(),
+        model.dec_weight[TEXT].detach(),
+        stats,
+        max_pairs_per_bin=max_pairs_per_bin,
+        seed=seed,
+    )

@@ -202,6 +202,14 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
                 unknown(f"{key}.monosemanticity.{role}", encoder, "encoder", encoders)
             else:
                 needs_features(f"{key}.monosemanticity.{role}", spec["retrieval"], encoder)
+    for figure, runs in config.get("decoder_directions", {}).items():
+        for run in runs:
+            entry = config.get("sae_runs", {}).get(run)
+            if entry is None:
+                unknown(f"decoder_directions.{figure}", run, "SAE run", config.get("sae_runs", {}))
+            elif entry["method"] != "modality_specific" or len(entry["streams"]) != 2:
+                problems.append(f"  decoder_directions.{figure}: {run!r} must be a modality_specific run "
+                                "of two streams (image, text)")
     for dataset, names in config["features"].items():
         if dataset not in datasets:
             unknown(f"features.{dataset}", dataset, "dataset", datasets)

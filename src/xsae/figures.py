@@ -322,3 +322,23 @@ def monosemanticity_figure(curves: pd.DataFrame) -> plt.Figure:
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     return figure
+
+
+def decoder_directions_figure(tables: Mapping[str, pd.DataFrame]) -> plt.Figure:
+    """Figure 2/9: per run, the distribution of cosine distances between image and text decoder
+    directions, one density per coactivation-correlation band."""
+    figure, axes = plt.subplots(1, len(tables), figsize=(4 * len(tables), 3.2), constrained_layout=True,
+                                squeeze=False, sharey=True)
+    edges = np.linspace(0, 2, 81)
+    for ax, (name, table) in zip(axes[0], tables.items(), strict=True):
+        for colour, (band, rows) in enumerate(table.groupby("bin", sort=True)):
+            if len(rows) > 1:
+                shade = plt.cm.viridis(colour / max(table["bin"].nunique() - 1, 1))
+                ax.hist(rows["cosine_distance"], bins=edges, density=True, histtype="step", lw=1.4,
+                        color=shade, label=f"c ∈ {band}")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("cosine distance of decoder directions")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("density")
+    axes[0, -1].legend(fontsize=7)
+    return figure
