@@ -19,6 +19,7 @@ include: "rules/evaluate.smk"
 include: "rules/render.smk"
 include: "rules/synthetic.smk"
 include: "rules/heterogeneity.smk"
+include: "rules/sharedness.smk"
 
 
 rule all:

@@ -312,4 +312,6 @@ def final_outputs():
         outputs += [f"results/figures/synthetic_{figure}.png" for figure in ("distance", "lambda")]
     for dataset in config["figures"]["dataset_overview"]:
         outputs.append(f"results/figures/dataset_overview_{dataset}.png")
+    if config["sharedness"]["models"]:
+        outputs += sharedness_outputs()
     return outputs

@@ -66,6 +66,12 @@ def test_default_dag_has_every_stage(tmp_path):
         "train_sae": runs, "evaluate_reconstruction": runs, "figure_training": 7 + 3,
         "evaluate_sparc": 5, "figure_sweep": 4, "figure_top_activations": 4, "table_sparc": 5,
         "table_reconstruction": 1, "figure_dataset_overview": 1, "all": 1,
+        # sharedness: SAEs of EfficientNet (8 layers), MobileNetV2 (8), MiniLM (7) and second seeds
+        # of EfficientNet and MiniLM; 5 model pairs; Tables 1–3, Figure 1, a comparative figure, Appendix C
+        "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1, "sharedness_pair": 5,
+        "sharedness_table": 2, "sharedness_average": 1, "sharedness_layerwise": 1,
+        "sharedness_comparative": 1, "sharedness_comparative_figure": 1, "sharedness_shuffle": 1,
+        "sharedness_shuffle_table": 1,
     }
 
 
@@ -86,6 +92,9 @@ def test_paper_dag_builds(tmp_path):
     # SPARC: Open Images 8 models, COCO 2 (× 2 splits); heterogeneity: CC-3M 4 (× 2), COCO captions
     # 8 (× 2), ImageNet val and its prompts 4 each (test only)
     extraction = (8 + 2) * 2 + 4 * 2 + 8 * 2 + 4 + 4
+    extraction += (14 + 7 + 7) * 2  # sharedness: 14 encoders on COCO, the 7 large on LAION and Flowers
+    # sharedness: 10 large encoders' layers on 3 datasets, 10 base on COCO, 3 seed controls
+    sharedness_saes = 3 * (24 * 8 + 12 * 2) + 12 * 10 + (24 + 12 + 1)
     synthetic = 6 * 3 * 2 + 2 * 3 + 2 * 5 * 3  # Figure 5; Figure 6's base methods at 0.5 and losses
     assert jobs == {
         "synthetic_data": (6 + 1) * 3, "synthetic_run": synthetic, "figure_synthetic": 2,
@@ -96,6 +105,10 @@ def test_paper_dag_builds(tmp_path):
         "evaluate_sparc": 9 + groups, "figure_training": 9 + groups + comparisons + directions,
         "figure_sweep": 4, "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7,
         "all": 1,
+        "sharedness_sae": sharedness_saes, "sharedness_saes_table": 1, "sharedness_pair": 182,
+        "sharedness_table": 2 + 20, "sharedness_average": 1, "sharedness_layerwise": 1,
+        "sharedness_comparative": 4, "sharedness_comparative_figure": 4, "sharedness_shuffle": 1,
+        "sharedness_shuffle_table": 1,
     }
     dry = snakemake(tmp_path, "--dry-run", configfile=REPO / "config" / "paper.yaml").stdout
     blocks = [block for block in dry.split("\n\n") if "rule extract_features:" in block]

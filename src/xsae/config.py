@@ -68,6 +68,9 @@ def validate(config: Mapping[str, Any], *, source: str = "config",
     _expand_comparisons(resolved, validator, source)
     _validate_synthetic(resolved, validator, source)
     check_references(resolved, source=source)
+    from xsae.sharedness_runs import validate_sharedness
+
+    validate_sharedness(resolved, validator, source)
     return resolved
 
 

@@ -5,6 +5,8 @@ Layout (row i of every array is row i of the manifest):
     /sample_ids              [N]        utf-8 strings
     /pooled/<modality>       [N, d]     float32 pooled/global features
     /layers/<modality>/<ii>  [N, d_ii]  float32 global token per layer (optional)
+    /tokens/<modality>/<ii>  [M, d_ii]  float32 sampled tokens per layer (optional, SAE training data)
+    /token_rows/<modality>/<ii> [M]     int64 manifest row of each sampled token
 
 Attributes name the encoder, its weights, the preprocessing of each modality (JSON), the dtype,
 the dataset and split, and the manifest's sha256. Any code that combines streams goes through
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 
 from xsae.datasets.manifest import read_manifest
 from xsae.encoders import Encoder
-from xsae.errors import DataError
+from xsae.errors import ConfigError, DataError
 from xsae.io import atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -38,16 +40,25 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class StreamRef:
-    """Where one stream's features live: a file, a modality and optionally a layer."""
+    """Where one stream's features live: a file, a modality and optionally a layer; with `tokens`,
+    that layer's token subsample (SAE training data) instead of its global token per sample."""
 
     path: Path
     modality: str
     layer: int | None = None
     name: str = ""
+    tokens: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tokens and self.layer is None:
+            raise ValueError(f"stream {self.name or self.modality}: tokens are stored per layer; "
+                             "give a layer")
 
     @property
     def key(self) -> str:
-        return f"pooled/{self.modality}" if self.layer is None else f"layers/{self.modality}/{self.layer:02d}"
+        if self.layer is None:
+            return f"pooled/{self.modality}"
+        return f"{'tokens' if self.tokens else 'layers'}/{self.modality}/{self.layer:02d}"
 
 
 class _Images(torch.utils.data.Dataset):
@@ -84,14 +95,32 @@ def _batches(encoder: Encoder, modality: str, table, manifest: Path, batch_size:
         yield len(images), encoder.prepare("image", images)
 
 
+def _append(h5: h5py.File, key: str, values: np.ndarray) -> None:
+    """Append rows to a growable dataset (created on first use)."""
+    if key not in h5:
+        h5.create_dataset(key, shape=(0, *values.shape[1:]), maxshape=(None, *values.shape[1:]),
+                          dtype=values.dtype, chunks=(4096, *values.shape[1:]))
+    dataset = h5[key]
+    start = dataset.shape[0]
+    dataset.resize(start + len(values), axis=0)
+    dataset[start:] = values
+
+
 def extract(encoder: Encoder, manifest_path: str | Path, out_path: str | Path, *,
             modalities: Sequence[str] | None = None, layers: bool = False, batch_size: int = 32,
             workers: int = 0, dataset: str = "", split: str = "", progress: bool = True,
-            autocast_dtype: str = "float32") -> dict:
+            autocast_dtype: str = "float32", layer_tokens: int = 0, token_seed: int = 0) -> dict:
     """Encode every manifest row with `encoder` and write the feature file atomically.
 
+    With `layer_tokens`, also `layer_tokens` real tokens per sample and layer, sampled from a
+    generator seeded with `token_seed` (the same tokens for the same file and seed).
     Returns a summary (rows, dims, seconds, samples/s per modality).
     """
+    if layer_tokens < 0:
+        raise ConfigError(f"layer_tokens must be nonnegative, got {layer_tokens}")
+    if layer_tokens and not layers:
+        raise ConfigError(f"encoders.{encoder.spec.name}.layer_tokens: {layer_tokens} tokens per layer need "
+                          "layers: true")
     manifest_path, out_path = Path(manifest_path), Path(out_path)
     table = read_manifest(manifest_path)
     modalities = list(modalities or encoder.modalities)
@@ -104,23 +133,29 @@ def extract(encoder: Encoder, manifest_path: str | Path, out_path: str | Path, *
         attrs = {**encoder.describe(), "format_version": FORMAT_VERSION, "dtype": "float32",
                  "dataset": dataset, "split": split, "manifest": str(manifest_path),
                  "manifest_sha256": sha256_file(manifest_path), "modalities": modalities,
-                 "autocast": autocast_dtype if use_autocast else "none"}
+                 "autocast": autocast_dtype if use_autocast else "none", "layer_tokens": layer_tokens,
+                 "token_seed": token_seed}
         for key, value in attrs.items():
             h5.attrs[key] = value if isinstance(value, str | int) else json.dumps(value)
         for modality in modalities:
             h5.attrs[f"preprocessing_{modality}"] = json.dumps(encoder.preprocessing(modality))
             start, written = time.perf_counter(), 0
             datasets: dict[str, h5py.Dataset] = {}
+            generator = torch.Generator().manual_seed(token_seed)
             bar = tqdm(total=n, disable=not progress, unit="sample", dynamic_ncols=True,
                        desc=f"{encoder.spec.name}/{modality}")
             for size, batch in _batches(encoder, modality, table, manifest_path, batch_size, workers):
                 context = (torch.autocast("cuda", dtype=getattr(torch, autocast_dtype))
                            if use_autocast else nullcontext())
                 with context:
-                    out = encoder.encode(modality, batch, layers=layers)
+                    out = encoder.encode(modality, batch, layers=layers, tokens_per_sample=layer_tokens,
+                                         generator=generator)
                 arrays = {f"pooled/{modality}": out.pooled}
                 for i, tensor in enumerate(out.layers or []):
                     arrays[f"layers/{modality}/{i:02d}"] = tensor
+                for i, (tokens, rows) in enumerate(out.tokens or []):
+                    _append(h5, f"tokens/{modality}/{i:02d}", tokens.detach().float().cpu().numpy())
+                    _append(h5, f"token_rows/{modality}/{i:02d}", (rows + written).numpy().astype(np.int64))
                 for key, tensor in arrays.items():
                     values = tensor.detach().float().cpu().numpy()
                     if key not in datasets:
@@ -135,7 +170,8 @@ def extract(encoder: Encoder, manifest_path: str | Path, out_path: str | Path, *
             summary["modalities"][modality] = {
                 "dim": int(datasets[f"pooled/{modality}"].shape[1]), "seconds": round(seconds, 3),
                 "samples_per_s": round(n / max(seconds, 1e-9), 1),
-                "n_layers": sum(1 for k in datasets if k.startswith("layers/"))}
+                "n_layers": sum(1 for k in datasets if k.startswith("layers/")),
+                "n_tokens": int(h5[f"tokens/{modality}/00"].shape[0]) if layer_tokens else 0}
             log.info("%s/%s: %d samples in %.1fs (%.1f samples/s)", encoder.spec.name, modality,
                      n, seconds, n / max(seconds, 1e-9))
     return summary

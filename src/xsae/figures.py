@@ -344,3 +344,67 @@ def decoder_directions_figure(tables: Mapping[str, pd.DataFrame]) -> plt.Figure:
     axes[0, 0].set_ylabel("density")
     axes[0, -1].legend(fontsize=7)
     return figure
+
+
+# ---- sharedness paper ------------------------------------------------------------------------------
+def layerwise_heatmaps(panels: Sequence[tuple[str, pd.DataFrame]], metric: str = "wMPPC") -> plt.Figure:
+    """Figure 1: one heatmap per (title, `[layers of source, layers of target]` matrix), rows =
+    source layers from the input upwards, on one shared colour scale."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), constrained_layout=True,
+                                squeeze=False)
+    finite = [m.to_numpy(dtype=float) for _, m in panels]
+    high = max(1e-9, max(float(np.nanmax(m)) if np.isfinite(m).any() else 0.0 for m in finite))
+    image = None
+    for ax, (title, matrix) in zip(axes[0], panels, strict=True):
+        image = ax.imshow(matrix.to_numpy(dtype=float), origin="lower", cmap="viridis", vmin=0, vmax=high,
+                          aspect="auto")
+        ax.set_xticks(range(matrix.shape[1]), [str(c) for c in matrix.columns], fontsize=7)
+        ax.set_yticks(range(matrix.shape[0]), [str(i) for i in matrix.index], fontsize=7)
+        ax.set_xlabel(f"layer of {matrix.attrs.get('target', 'target')}")
+        ax.set_ylabel(f"layer of {matrix.attrs.get('source', 'source')}")
+        ax.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.85, label=metric)
+    return figure
+
+
+def comparative_features_figure(top: pd.DataFrame, manifest: pd.DataFrame, ranking: pd.DataFrame,
+                                n_images: int, title: str = "") -> plt.Figure:
+    """Figures 2–4: for each chosen feature (rows of `top`, best Δ first), its top-activating
+    samples with their codes, captioned with the feature's Δ and ρ towards each group."""
+    features = list(dict.fromkeys(top["feature"].astype(int)))
+    if not features:
+        figure, ax = plt.subplots(figsize=(6, 1.2))
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no feature with positive Comparative Sharedness", ha="center", va="center")
+        return figure
+    columns = min(n_images, 10)
+    rows_per_feature = int(np.ceil(n_images / columns))
+    figure, axes = plt.subplots(len(features) * rows_per_feature, columns,
+                                figsize=(1.5 * columns, 1.75 * rows_per_feature * len(features) + 0.4),
+                                constrained_layout=True, squeeze=False)
+    by_id = manifest.set_index("sample_id")
+    by_feature = ranking.set_index("feature")
+    for f, feature in enumerate(features):
+        hits = top[top["feature"] == feature].sort_values("rank")
+        facts = by_feature.loc[feature]
+        for i in range(rows_per_feature * columns):
+            ax = axes[f * rows_per_feature + i // columns, i % columns]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(f"feature {feature} (rank {int(facts['rank'])})\n"
+                              f"Δ={facts['sharedness']:.3g}\nmin ρ G={facts['min_rho_shared']:.2f}\n"
+                              f"max ρ H={facts['max_rho_not_shared']:.2f}", fontsize=6)
+            if i >= len(hits) or i >= n_images:
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                continue
+            hit = hits.iloc[i]
+            sample = by_id.loc[hit["sample_id"]]
+            ax.imshow(load_rgb(sample["image_path"]))
+            if rows_per_feature == 1:
+                caption = "\n".join(textwrap.wrap(str(sample["caption"]), 20)[:2])
+                ax.set_title(f"{caption}\n{hit['value']:.2f}", fontsize=5)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return figure

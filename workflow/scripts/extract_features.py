@@ -18,6 +18,6 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
                       batch_size=entry["batch_size"],
                       workers=min(4, max(0, snakemake.threads - 2)),  # 2 threads: decode inline
                       dataset=snakemake.wildcards.dataset, split=snakemake.wildcards.split,
-                      autocast_dtype=entry["dtype"])
+                      autocast_dtype=entry["dtype"], layer_tokens=entry["layer_tokens"])
     log.info("%s", summary)
     job.extra.update(summary)

@@ -55,6 +55,35 @@ class EncoderSpec:
 class Encoded:
     pooled: torch.Tensor  # [B, d]
     layers: list[torch.Tensor] | None = None  # one [B, d_layer] per layer
+    #: per layer: sampled tokens `[M, d_layer]` and the batch row each came from `[M]`
+    tokens: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def sample_tokens(tokens: torch.Tensor, mask: torch.Tensor | None, per_sample: int,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `per_sample` tokens of each sample, uniformly without replacement among its real
+    tokens (`mask` `[B, T]`, None: all are real), from `tokens` `[B, T, d]`.
+
+    Returns float32 `[M, d]` on the tokens' device and the row of each `[M]` (CPU), grouped by
+    sample in batch order. Random scores come from `generator` on the CPU, so a seed gives the
+    same tokens on any device.
+    """
+    if per_sample < 1:
+        raise ValueError(f"per_sample must be positive, got {per_sample}")
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must be [B, T, d], got shape {list(tokens.shape)}")
+    batch, length = tokens.shape[:2]
+    scores = torch.rand(batch, length, generator=generator)
+    if mask is not None:
+        if tuple(mask.shape) != (batch, length):
+            raise ValueError(f"mask has shape {list(mask.shape)}, tokens {list(tokens.shape[:2])}")
+        scores = scores.masked_fill(~mask.detach().to("cpu", torch.bool), -1.0)
+    top = scores.topk(min(per_sample, length), dim=1)
+    keep = top.values >= 0
+    rows = torch.arange(batch).unsqueeze(1).expand_as(top.indices)[keep]
+    positions = top.indices[keep]
+    picked = tokens[rows.to(tokens.device), positions.to(tokens.device)]
+    return picked.float(), rows
 
 
 def paper_image_transform(resize: int = PAPER_RESIZE, crop: int = PAPER_CROP,
@@ -107,6 +136,20 @@ class Encoder(ABC):
             return hidden[:, 0]
         return hidden
 
+    def layer_tokens(self, modality: str, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Every token of a layer output as `[B, T, d]`, and which are real `[B, T]` (None: all):
+        the positions of a CNN feature map, the tokens of a sequence (see `token_mask`)."""
+        if hidden.dim() == 4:
+            return hidden.flatten(2).transpose(1, 2), None
+        if hidden.dim() == 3:
+            return hidden, self.token_mask(modality, hidden)
+        return hidden.unsqueeze(1), None
+
+    def token_mask(self, modality: str, hidden: torch.Tensor) -> torch.Tensor | None:
+        """`[B, T]` true for real tokens of the last batch; None when all are (images). Encoders
+        that pad their text override it, so that padding never becomes SAE training data."""
+        return None
+
     def preprocessing(self, modality: str) -> dict[str, Any]:
         """How inputs are prepared, stored as an attribute of every feature file."""
         return dict(PAPER_PREPROCESSING) if modality == "image" else {"text": "raw caption"}
@@ -129,14 +172,23 @@ class Encoder(ABC):
         return [str(text) for text in samples]
 
     @torch.inference_mode()
-    def encode(self, modality: str, batch: Any, *, layers: bool = False) -> Encoded:
+    def encode(self, modality: str, batch: Any, *, layers: bool = False, tokens_per_sample: int = 0,
+               generator: torch.Generator | None = None) -> Encoded:
+        """Pooled features; with `layers` one global token per layer; with `tokens_per_sample`
+        also that many sampled real tokens per sample and layer (drawn from `generator`)."""
         self._check_modality(modality)
-        if not layers:
+        if tokens_per_sample < 0:
+            raise ValueError(f"tokens_per_sample must be nonnegative, got {tokens_per_sample}")
+        if not layers and not tokens_per_sample:
             return Encoded(pooled=self._encode(modality, batch).float())
         with self._capture(modality) as captured:
             pooled = self._encode(modality, batch).float()
-        return Encoded(pooled=pooled,
-                       layers=[self.layer_token(modality, h).float() for h in captured])
+        tokens = None
+        if tokens_per_sample:
+            tokens = [sample_tokens(*self.layer_tokens(modality, h), tokens_per_sample, generator)
+                      for h in captured]
+        return Encoded(pooled=pooled, layers=[self.layer_token(modality, h).float() for h in captured],
+                       tokens=tokens)
 
     def describe(self) -> dict[str, Any]:
         return {"encoder": self.spec.name, "loader": self.spec.loader,

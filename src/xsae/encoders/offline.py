@@ -90,7 +90,9 @@ class MobileNetV2(Encoder):
 class MiniLM(Encoder):
     """all-MiniLM-L6-v2 sentence embeddings (mean-pooled, L2-normalised, 384-d).
 
-    Layers: the 7 hidden states (embeddings + 6 blocks), CLS token of each.
+    Layers: the 7 hidden states (embeddings + 6 blocks), each reduced as the model pools its
+    output: the mean over the caption's tokens (the CLS token of the embedding layer is the same
+    vector for every caption).
     """
 
     modalities = ("text",)
@@ -106,17 +108,32 @@ class MiniLM(Encoder):
             str(package.get_model_path()), device=str(self.device))
         self.model.eval()
         self.batch_size = int(spec.option("batch_size", 64))
+        self._mask: torch.Tensor | None = None
 
     def _encode(self, modality: str, batch: list[str]) -> torch.Tensor:
-        return self.model.encode(batch, batch_size=len(batch), convert_to_tensor=True,
-                                 normalize_embeddings=True, show_progress_bar=False).cpu()
+        # One forward pass in the given order: `SentenceTransformer.encode` sorts a batch by
+        # length, which would leave the per-layer tokens captured by hooks in another row order.
+        features = self.model.preprocess(list(batch))
+        features = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        self._mask = features.get("attention_mask")
+        embeddings = self.model(features)["sentence_embedding"]
+        return torch.nn.functional.normalize(embeddings, dim=-1).cpu()
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
         bert = self.model[0].auto_model
         return [bert.embeddings, *bert.encoder.layer]
 
+    def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.token_mask(modality, hidden).to(hidden.device, hidden.dtype).unsqueeze(-1)
+        return (hidden * weight).sum(dim=1) / weight.sum(dim=1).clamp_min(1.0)
+
+    def token_mask(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
+        if self._mask is None:
+            raise RuntimeError("MiniLM layer tokens requested before any text batch")
+        return self._mask.bool()
+
     def preprocessing(self, modality: str) -> dict[str, Any]:
-        return {"text": "raw caption", "pooling": "mean", "normalize": True,
+        return {"text": "raw caption", "pooling": "mean", "normalize": True, "layer_pooling": "mean",
                 "max_seq_length": int(self.model.max_seq_length)}
 
 

@@ -218,6 +218,21 @@ class OpenCLIP(Encoder):
             raise RuntimeError("open_clip text layer token requested before any text batch")
         return _gather(hidden, self._pooled_index(self._text_ids))
 
+    def layer_tokens(self, modality: str, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if hidden.dim() == 3 and not getattr(self._tower(modality), "batch_first", True):
+            hidden = hidden.transpose(0, 1)
+        return super().layer_tokens(modality, hidden)
+
+    def token_mask(self, modality: str, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Text: the tokens up to the pooled one (end-of-text); under the causal mask the padding
+        after it never reaches the output."""
+        if modality == "image":
+            return None
+        if self._text_ids is None:
+            raise RuntimeError("open_clip text layer tokens requested before any text batch")
+        last = self._pooled_index(self._text_ids).to(hidden.device)
+        return torch.arange(hidden.shape[1], device=hidden.device)[None, :] <= last[:, None]
+
     def preprocessing(self, modality: str) -> dict[str, Any]:
         if modality == "image":
             base = (super().preprocessing(modality) if self.transform_kind == "paper"
@@ -312,6 +327,7 @@ class SigLIP2(Encoder):
                                 **_hf_kwargs(spec))
         self.weights = _weights_name(spec)
         self._pixel_mask: torch.Tensor | None = None
+        self._text_ids: torch.Tensor | None = None
 
     def image_transform(self) -> None:
         """None: the processor works on whole batches (resizing, padding masks), not per image."""
@@ -336,6 +352,7 @@ class SigLIP2(Encoder):
         tokens = self.processor.tokenizer(
             [text.lower() for text in batch], padding="max_length", max_length=self.max_length,
             truncation=True, padding_side="right", return_tensors="pt")
+        self._text_ids = tokens["input_ids"]
         return self._features(self.model.get_text_features(tokens["input_ids"].to(self.device)))
 
     def layer_modules(self, modality: str) -> list[nn.Module]:
@@ -346,6 +363,15 @@ class SigLIP2(Encoder):
         if modality == "image":
             return _pool_tokens(hidden, "mean", self._pixel_mask)
         return hidden[:, -1]
+
+    def token_mask(self, modality: str, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Image: the real patches (variable-resolution processors pad); text: the non-padding
+        tokens (the tower attends to the padding, but padding is no caption content)."""
+        if modality == "image":
+            return None if self._pixel_mask is None else self._pixel_mask.bool()
+        if self._text_ids is None:
+            raise RuntimeError("SigLIP text layer tokens requested before any text batch")
+        return self._text_ids != self.processor.tokenizer.pad_token_id
 
     def preprocessing(self, modality: str) -> dict[str, Any]:
         if modality == "text":
@@ -402,6 +428,9 @@ class HFText(Encoder):
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
         return _pool_tokens(hidden, self.pooling, self._mask)
 
+    def token_mask(self, modality: str, hidden: torch.Tensor) -> torch.Tensor | None:
+        return None if self._mask is None else self._mask.bool()
+
     def preprocessing(self, modality: str) -> dict[str, Any]:
         return {"text": "raw caption", "tokenizer": type(self.tokenizer).__name__,
                 "padding": "longest", "truncation": True, "max_length": self.max_length,
@@ -456,6 +485,9 @@ class SentenceTransformerText(Encoder):
 
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
         return _pool_tokens(hidden, self.layer_pooling, self._mask)
+
+    def token_mask(self, modality: str, hidden: torch.Tensor) -> torch.Tensor | None:
+        return None if self._mask is None else self._mask.bool()
 
     def preprocessing(self, modality: str) -> dict[str, Any]:
         return {"text": "raw caption", "prompt": self.prompt, "normalize": self.normalize,

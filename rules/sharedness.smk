@@ -1,0 +1,261 @@
+# The sharedness paper (wMPPC, Comparative Sharedness): per-layer features → one TopK SAE per
+# model × layer × dataset (train split) → its codes on the test split → pair scores between models
+# → Tables 1–3 and 7–26, Figure 1 (layer × layer), Figures 2–4 (Comparative Sharedness), Appendix C.
+
+
+include: "sharedness_common.smk"
+
+
+rule sharedness_sae:
+    """One model's layer on one dataset: train its TopK SAE, encode the test split (one job per
+    model × layer × dataset, so a cluster trains them all in parallel)."""
+    input:
+        unpack(sharedness_sae_features),
+    output:
+        weights=f"{SHAREDNESS_SAE}/weights.safetensors",
+        history=f"{SHAREDNESS_SAE}/training_log.csv",
+        codes=f"{SHAREDNESS_SAE}/codes_test.npz",
+        reconstruction=f"{SHAREDNESS_SAE}/reconstruction_test.csv",
+    params:
+        sae=sharedness_sae_params,
+        expansion=SHAREDNESS["expansion"],
+        training_data=SHAREDNESS["training_data"],
+        device=config["device"],
+    wildcard_constraints:
+        model=SHAREDNESS_MODEL_NAMES,
+        layer="[0-9]{2}",
+    resources:
+        gpu=sharedness_gpus,
+    threads: 1
+    log:
+        "results/logs/sharedness_sae/{dataset}/{model}/layer{layer}.log",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/sharedness_sae.py"
+
+
+rule sharedness_saes_table:
+    """Held-out NMSE, R² and dead latents of every per-layer SAE."""
+    input:
+        sharedness_sae_reports,
+    output:
+        csv=report(
+            "results/tables/sharedness_saes.csv",
+            caption="../workflow/report/sharedness_saes.rst",
+            category="Tables",
+            subcategory="Sharedness",
+        ),
+        md="results/tables/sharedness_saes.md",
+        tex="results/tables/sharedness_saes.tex",
+    log:
+        "results/logs/sharedness_saes_table.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/sharedness_saes_table.py"
+
+
+rule sharedness_pair:
+    """Every score between two models' per-layer SAEs on one dataset, both directions."""
+    input:
+        unpack(sharedness_pair_codes),
+    output:
+        SHAREDNESS_PAIR,
+    params:
+        layers=sharedness_pair_layers,
+        compare=SHAREDNESS["compare"],
+        device=config["device"],
+    wildcard_constraints:
+        model_a=SHAREDNESS_MODEL_NAMES,
+        model_b=SHAREDNESS_MODEL_NAMES,
+    resources:
+        gpu=sharedness_gpus,
+    threads: 2
+    log:
+        "results/logs/sharedness_pair/{dataset}/{model_a}/{model_b}.log",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/sharedness_pair.py"
+
+
+rule sharedness_table:
+    """A source × target matrix of wMPPC or MPPC (Tables 1, 2, 7–26), beside the published one."""
+    input:
+        pairs=sharedness_table_pairs,
+        reference=sharedness_reference,
+    output:
+        csv=report(
+            "results/tables/sharedness_{table}.csv",
+            caption="../workflow/report/sharedness_table.rst",
+            category="Tables",
+            subcategory="Sharedness",
+        ),
+        md="results/tables/sharedness_{table}.md",
+        tex="results/tables/sharedness_{table}.tex",
+    params:
+        spec=sharedness_table_spec,
+        facts=sharedness_table_facts,
+    wildcard_constraints:
+        table=_names_pattern(SHAREDNESS["tables"]),
+    log:
+        "results/logs/sharedness_table/{table}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/sharedness_table.py"
+
+
+rule sharedness_average:
+    """Table 3: mean wMPPC by source and target modality, per dataset and model set."""
+    input:
+        pairs=sharedness_average_pairs,
+        reference=sharedness_reference,
+    output:
+        csv=report(
+            "results/tables/sharedness_{table}.csv",
+            caption="../workflow/report/sharedness_average.rst",
+            category="Tables",
+            subcategory="Sharedness",
+        ),
+        md="results/tables/sharedness_{table}.md",
+        tex="results/tables/sharedness_{table}.tex",
+    params:
+        spec=sharedness_average_spec,
+        facts=sharedness_average_facts,
+    wildcard_constraints:
+        table=_names_pattern(SHAREDNESS["averages"]),
+    log:
+        "results/logs/sharedness_average/{table}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/sharedness_average.py"
+
+
+rule sharedness_layerwise:
+    """Figure 1: layer × layer heatmaps of the configured model pairs."""
+    input:
+        sharedness_layerwise_pairs,
+    output:
+        png=report(
+            "results/figures/sharedness_layerwise_{name}.png",
+            caption="../workflow/report/sharedness_layerwise.rst",
+            category="Figures",
+            subcategory="Sharedness",
+        ),
+        pdf="results/figures/sharedness_layerwise_{name}.pdf",
+        csv="results/tables/sharedness_layerwise_{name}.csv",
+    params:
+        spec=sharedness_layerwise_spec,
+        facts=sharedness_layerwise_facts,
+    wildcard_constraints:
+        name=_names_pattern(SHAREDNESS["layerwise"]),
+    log:
+        "results/logs/sharedness_layerwise/{name}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/sharedness_layerwise.py"
+
+
+rule sharedness_comparative:
+    """Generalized Comparative Sharedness of one model's last-layer features (Eq. 7), and the
+    top-activating test samples of the best-ranked ones (Figures 2–4)."""
+    input:
+        unpack(sharedness_comparative_inputs),
+    output:
+        ranking="results/tables/sharedness_comparative_{name}.csv",
+        top="results/tables/sharedness_comparative_{name}_top.csv",
+    params:
+        spec=sharedness_comparative_spec,
+        compare=SHAREDNESS["compare"],
+        device=config["device"],
+    wildcard_constraints:
+        name=_names_pattern(SHAREDNESS["comparative"]),
+    resources:
+        gpu=sharedness_gpus,
+    log:
+        "results/logs/sharedness_comparative/{name}.log",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/sharedness_comparative.py"
+
+
+rule sharedness_comparative_figure:
+    """Figures 2–4: the best-ranked features and their top-activating test images."""
+    input:
+        ranking="results/tables/sharedness_comparative_{name}.csv",
+        top="results/tables/sharedness_comparative_{name}_top.csv",
+        manifest=sharedness_comparative_manifest,
+    output:
+        png=report(
+            "results/figures/sharedness_comparative_{name}.png",
+            caption="../workflow/report/sharedness_comparative.rst",
+            category="Figures",
+            subcategory="Sharedness",
+        ),
+        pdf="results/figures/sharedness_comparative_{name}.pdf",
+    params:
+        spec=sharedness_comparative_spec,
+        facts=sharedness_comparative_facts,
+    wildcard_constraints:
+        name=_names_pattern(SHAREDNESS["comparative"]),
+    log:
+        "results/logs/sharedness_comparative_figure/{name}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/sharedness_comparative_figure.py"
+
+
+rule sharedness_shuffle:
+    """Appendix C: wMPPC with aligned samples against the same with one side's samples permuted."""
+    input:
+        unpack(sharedness_shuffle_codes),
+    output:
+        "results/sharedness/shuffle_{name}.csv",
+    params:
+        spec=sharedness_shuffle_spec,
+        compare=SHAREDNESS["compare"],
+        seed=config["seed"],
+        device=config["device"],
+    wildcard_constraints:
+        name=_names_pattern(SHAREDNESS["shuffle"]),
+    resources:
+        gpu=sharedness_gpus,
+    log:
+        "results/logs/sharedness_shuffle/{name}.log",
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/sharedness_shuffle.py"
+
+
+rule sharedness_shuffle_table:
+    """Appendix C's numbers beside the published ones."""
+    input:
+        result="results/sharedness/shuffle_{name}.csv",
+        reference=sharedness_reference,
+    output:
+        csv=report(
+            "results/tables/sharedness_shuffle_{name}.csv",
+            caption="../workflow/report/sharedness_shuffle.rst",
+            category="Tables",
+            subcategory="Sharedness",
+        ),
+        md="results/tables/sharedness_shuffle_{name}.md",
+        tex="results/tables/sharedness_shuffle_{name}.tex",
+    params:
+        spec=sharedness_shuffle_spec,
+        facts=sharedness_shuffle_facts,
+    wildcard_constraints:
+        name=_names_pattern(SHAREDNESS["shuffle"]),
+    log:
+        "results/logs/sharedness_shuffle_table/{name}.log",
+    conda:
+        "../envs/render.yaml"
+    script:
+        "../workflow/scripts/sharedness_shuffle_table.py"

@@ -1,0 +1,176 @@
+# Config access and input/param functions of the sharedness rules (rules/sharedness.smk).
+from xsae.sharedness_runs import (  # noqa: E402
+    last_layer,
+    layer_saes,
+    layers_needed,
+    model_label,
+    pair_of,
+    sae_entry,
+    sae_seed,
+    same_encoder,
+    sharedness_targets,
+)
+
+SHAREDNESS = config["sharedness"]
+SHAREDNESS_MODELS = SHAREDNESS["models"]
+SHAREDNESS_LAYERS = layers_needed(config)
+SHAREDNESS_SAE = "results/sharedness/{dataset}/sae/{model}/layer{layer}"
+SHAREDNESS_PAIR = "results/sharedness/{dataset}/pairs/{model_a}/{model_b}.csv"
+SHAREDNESS_MODEL_NAMES = _names_pattern(SHAREDNESS_MODELS)
+
+
+def sharedness_outputs():
+    return sharedness_targets(config)
+
+
+def sharedness_gpus(wildcards):
+    return 1 if SHAREDNESS["gpu"] else 0
+
+
+def _codes_path(dataset, model, layer):
+    return f"{SHAREDNESS_SAE}/codes_test.npz".format(dataset=dataset, model=model, layer=f"{layer:02d}")
+
+
+def _last_codes(dataset, model):
+    return _codes_path(dataset, model, last_layer(config, model))
+
+
+def _workflow_file(path):
+    """A path relative to the working directory, else to this workflow."""
+    if not path:
+        return []
+    if os.path.isabs(path) or os.path.exists(path):
+        return [path]
+    return [os.path.join(workflow.basedir, path)]
+
+
+def sharedness_sae_features(wildcards):
+    encoder = SHAREDNESS_MODELS[wildcards.model]["encoder"]
+    return {split: FEATURES.format(dataset=wildcards.dataset, split=split, encoder=encoder)
+            for split in SPLITS}
+
+
+def sharedness_sae_params(wildcards):
+    """What the SAE job needs besides its files: recipe, seed, modality and layer."""
+    model = SHAREDNESS_MODELS[wildcards.model]
+    return {"entry": sae_entry(config, wildcards.model), "seed": sae_seed(config, wildcards.model),
+            "modality": model["modality"], "layer": int(wildcards.layer)}
+
+
+def sharedness_sae_reports(wildcards):
+    return [f"{SHAREDNESS_SAE}/reconstruction_test.csv".format(
+        dataset=sae.dataset, model=sae.model, layer=sae.layer_tag) for sae in layer_saes(config)]
+
+
+def sharedness_pair_codes(wildcards):
+    return {side: [_codes_path(wildcards.dataset, model, layer)
+                   for layer in SHAREDNESS_LAYERS[wildcards.dataset, model]]
+            for side, model in (("a", wildcards.model_a), ("b", wildcards.model_b))}
+
+
+def sharedness_pair_layers(wildcards):
+    return {side: SHAREDNESS_LAYERS[wildcards.dataset, model]
+            for side, model in (("a", wildcards.model_a), ("b", wildcards.model_b))}
+
+
+def _pair_file(dataset, a, b):
+    model_a, model_b = pair_of(config, a, b)
+    return SHAREDNESS_PAIR.format(dataset=dataset, model_a=model_a, model_b=model_b)
+
+
+def _model_facts(models):
+    """Labels, modalities and encoders of some models, for the renderers."""
+    return {"labels": {m: model_label(config, m) for m in models},
+            "modalities": {m: SHAREDNESS_MODELS[m]["modality"] for m in models},
+            "encoders": {m: [SHAREDNESS_MODELS[m]["encoder"], SHAREDNESS_MODELS[m]["modality"]]
+                         for m in models}}
+
+
+def sharedness_table_pairs(wildcards):
+    spec = SHAREDNESS["tables"][wildcards.table]
+    targets = spec["targets"] or spec["sources"]
+    files = {_pair_file(spec["dataset"], s, t) for s in spec["sources"] for t in targets if s != t}
+    return sorted(files)
+
+
+def sharedness_table_facts(wildcards):
+    spec = SHAREDNESS["tables"][wildcards.table]
+    return _model_facts([*spec["sources"], *spec["targets"]])
+
+
+def sharedness_average_pairs(wildcards):
+    """Per row of the table, the pair files of its dataset (rows may share files)."""
+    rows = SHAREDNESS["averages"][wildcards.table]["rows"]
+    files = set()
+    for row in rows:
+        models = row["models"]
+        files |= {_pair_file(row["dataset"], a, b) for i, a in enumerate(models) for b in models[i + 1:]
+                  if not same_encoder(config, a, b)}
+    return sorted(files)
+
+
+def sharedness_average_facts(wildcards):
+    rows = SHAREDNESS["averages"][wildcards.table]["rows"]
+    return _model_facts(list(dict.fromkeys(m for row in rows for m in row["models"])))
+
+
+def sharedness_layerwise_pairs(wildcards):
+    spec = SHAREDNESS["layerwise"][wildcards.name]
+    return sorted({_pair_file(spec["dataset"], a, b) for a, b in spec["panels"]})
+
+
+def sharedness_layerwise_facts(wildcards):
+    spec = SHAREDNESS["layerwise"][wildcards.name]
+    return _model_facts(list(dict.fromkeys(m for panel in spec["panels"] for m in panel)))
+
+
+def sharedness_comparative_inputs(wildcards):
+    spec = SHAREDNESS["comparative"][wildcards.name]
+    models = [*spec["shared_with"], *spec["not_shared_with"]]
+    return {"model": _last_codes(spec["dataset"], spec["model"]),
+            "others": [_last_codes(spec["dataset"], m) for m in models],
+            "also_in": [f"results/tables/sharedness_comparative_{other}.csv" for other in spec["also_in"]]}
+
+
+def sharedness_comparative_manifest(wildcards):
+    return MANIFEST.format(dataset=SHAREDNESS["comparative"][wildcards.name]["dataset"], split="test")
+
+
+def sharedness_comparative_facts(wildcards):
+    spec = SHAREDNESS["comparative"][wildcards.name]
+    return _model_facts([spec["model"], *spec["shared_with"], *spec["not_shared_with"]])
+
+
+def sharedness_shuffle_codes(wildcards):
+    spec = SHAREDNESS["shuffle"][wildcards.name]
+    return {"source": _last_codes(spec["dataset"], spec["source"]),
+            "target": _last_codes(spec["dataset"], spec["target"])}
+
+
+def sharedness_reference(wildcards):
+    return _workflow_file(SHAREDNESS["reference"])
+
+
+def sharedness_table_spec(wildcards):
+    return SHAREDNESS["tables"][wildcards.table]
+
+
+def sharedness_average_spec(wildcards):
+    return SHAREDNESS["averages"][wildcards.table]
+
+
+def sharedness_layerwise_spec(wildcards):
+    return SHAREDNESS["layerwise"][wildcards.name]
+
+
+def sharedness_comparative_spec(wildcards):
+    return SHAREDNESS["comparative"][wildcards.name]
+
+
+def sharedness_shuffle_spec(wildcards):
+    return SHAREDNESS["shuffle"][wildcards.name]
+
+
+def sharedness_shuffle_facts(wildcards):
+    spec = SHAREDNESS["shuffle"][wildcards.name]
+    return _model_facts([spec["source"], spec["target"]])
