@@ -110,13 +110,8 @@ def _validate_synthetic(config: dict[str, Any], validator: Any, source: str) -> 
     reserved = sorted({"method", "dataset", "streams"} & set(spec["sae"]))
     if reserved:
         raise ConfigError(f"{source}: synthetic.sae: {reserved} are set per run; remove them")
-    entry = {**spec["sae"], "method": "shared", "dataset": "synthetic", "streams": ["image", "text"]}
-    run_schema = validator.schema["$defs"]["sae_run"]
-    errors = sorted(validator.evolve(schema=run_schema).iter_errors(entry),
-                    key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"  synthetic.sae.{_key_path(e)}: {_describe(e)}" for e in errors]
-        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines))
+    entry = _run_with_defaults({**spec["sae"], "method": "shared", "dataset": "synthetic",
+                                "streams": ["image", "text"]}, "synthetic.sae", validator, source)
     spec["sae"] = {k: v for k, v in entry.items() if k not in ("method", "dataset", "streams")}
     from xsae.synthetic_experiments import generator_config
 
