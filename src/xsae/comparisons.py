@@ -35,7 +35,7 @@ from xsae.features import StreamRef, load_streams
 from xsae.metrics.monosemanticity import monosemanticity_scores
 from xsae.metrics.retrieval import multi_caption_retrieval
 from xsae.metrics.steering import concept_latents, mention_matrix, steering_retrieval
-from xsae.metrics.synthetic import encode_stream
+from xsae.metrics.synthetic import encode_chunks
 from xsae.metrics.zero_shot import firing_rates, zero_shot_table
 from xsae.runs import normalize_inputs
 from xsae.sae import Codes, SparseAutoencoder
@@ -125,7 +125,7 @@ def expand_comparisons(config: dict[str, Any], *, comparisons: Mapping[str, Any]
 
 # ---- evaluation -----------------------------------------------------------------------------------
 def _encode(model: SparseAutoencoder, stream: int, x: torch.Tensor, batch_size: int = 8192) -> Codes:
-    chunks = [encode_stream((model, stream), x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    chunks = list(encode_chunks((model, stream), x, batch_size))
     return Codes(torch.cat([c.values for c in chunks]), torch.cat([c.indices for c in chunks]))
 
 
@@ -321,13 +321,12 @@ def align_run(
 
     model = SparseAutoencoder.load(weights_path, device=device).eval()
     (image, text), _ = _features(train_paths, modalities, input_norm, device)
-    chunk = 16384
     report = align_streams(
         model,
         IMAGE,
         TEXT,
-        (encode_stream((model, IMAGE), image[i : i + chunk]) for i in range(0, len(image), chunk)),
-        (encode_stream((model, TEXT), text[i : i + chunk]) for i in range(0, len(text), chunk)),
+        encode_chunks((model, IMAGE), image),
+        encode_chunks((model, TEXT), text),
         device=device,
     )
     model.save(
@@ -481,10 +480,9 @@ def decoder_directions(
         raise ConfigError(f"{weights_path}: image and text widths differ {model.config.input_dims}; "
                           "directions compare only within one joint embedding space")
     (image, text), _ = _features(train_paths, modalities, input_norm, device)
-    chunk = 16384
     stats = coactivation_correlation(
-        (encode_stream((model, IMAGE), image[i : i + chunk]) for i in range(0, len(image), chunk)),
-        (encode_stream((model, TEXT), text[i : i + chunk]) for i in range(0, len(text), chunk)),
+        encode_chunks((model, IMAGE), image),
+        encode_chunks((model, TEXT), text),
         model.config.n_latents,
         model.config.n_latents,
         device=device,

@@ -29,9 +29,9 @@ import torch
 from xsae.alignment import align_streams
 from xsae.errors import ConfigError
 from xsae.features import StreamRef, load_streams
-from xsae.metrics.synthetic import encode_stream, synthetic_metrics
+from xsae.metrics.synthetic import encode_chunks, synthetic_metrics
 from xsae.runs import resolve_device, train_run
-from xsae.sae import Codes, SparseAutoencoder
+from xsae.sae import SparseAutoencoder
 from xsae.synthetic import SyntheticConfig, generate, read_ground_truth, write_dataset
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,6 @@ def run_entry(spec: Mapping[str, Any], method: str) -> dict[str, Any]:
     return entry
 
 
-def _codes(model: SparseAutoencoder, stream: int, x: torch.Tensor, batch_size: int = 8192) -> list[Codes]:
-    return [encode_stream((model, stream), x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-
-
 def _load_pair(path: str | Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     arrays, _ = load_streams([StreamRef(Path(path), "image"), StreamRef(Path(path), "text")])
     return tuple(torch.as_tensor(a).to(device) for a in arrays)  # type: ignore[return-value]
@@ -183,7 +179,8 @@ def train_and_score(
     if entry["method"] == "modality_specific":
         train_x, train_y = _load_pair(train_path, torch_device)
         with torch.no_grad():
-            report = align_streams(model, 0, 1, _codes(model, 0, train_x), _codes(model, 1, train_y))
+            report = align_streams(model, 0, 1, encode_chunks((model, 0), train_x),
+                                   encode_chunks((model, 1), train_y))
         log.info(
             "post-hoc alignment: %d matched latents, mean matched correlation %.3f",
             report["n_matched"],

@@ -129,6 +129,11 @@ def encode_stream(sae: SAEStream, x: torch.Tensor) -> Codes:
         return model.select([logits] * model.n_streams, topk="local")[stream]
 
 
+def encode_chunks(sae: SAEStream, x: torch.Tensor, batch_size: int = 16384) -> Iterator[Codes]:
+    """`encode_stream` over row chunks of `x`, lazily: the streamed form the correlations take."""
+    return (encode_stream(sae, x[i:i + batch_size]) for i in range(0, len(x), batch_size))
+
+
 def reconstruct_stream(sae: SAEStream, x: torch.Tensor) -> torch.Tensor:
     """`[B, d]` self-reconstruction W_dec z̃(x) + b_pre through the real forward pass."""
     model, stream = sae
