@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[all]"
+	# The authors' MambaVision package, the reference of tests/test_encoders_mambavision.py; its
+	# pinned dependencies (mamba-ssm, an older transformers) are neither needed nor installable here.
+	$(BIN)/pip install --quiet --no-deps "mambavision==1.2.0"
 	touch $@
 
 run: setup

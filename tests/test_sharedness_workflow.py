@@ -476,8 +476,9 @@ def test_default_dag_has_the_sharedness_jobs(tmp_path):
 
 
 def test_paper_dag_covers_every_sharedness_item(tmp_path):
-    """Every per-layer SAE of 20 encoders (+ 3 seed controls) on COCO, and of the 10 large ones on
-    LAION and Flowers; Tables 1–3, 7–26, Figure 1, Figures 2–4, Appendix C."""
+    """Every per-layer SAE of 20 encoders (+ 3 seed controls) on COCO, MambaVision's last layer there,
+    and of the 10 large ones on LAION and Flowers; Tables 1–3, 7–26, Figure 1, Figures 2–4,
+    Appendix C."""
     config = load(REPO / "config" / "paper.yaml")
     saes = layer_saes(config)
     large = {"clip_l_img": 24, "clip_l_txt": 12, "dfn_l_img": 24, "dfn_l_txt": 12, "siglip2_l_img": 24,
@@ -485,7 +486,9 @@ def test_paper_dag_covers_every_sharedness_item(tmp_path):
     base = {name.replace("_l", "_b", 1): 12 for name in large}
     per_dataset = {d: sum(1 for s in saes if s.dataset == d) for d in ("coco", "laion", "flowers")}
     seeds = 24 + 12 + 1  # CLIP-L image and text (Figure 1), CLIP-B/32 image's last layer (Appendix C)
-    assert per_dataset == {"coco": sum(large.values()) + sum(base.values()) + seeds,
+    mambavision = [s for s in saes if s.model == "mambavision_b"]
+    assert [(s.dataset, s.layer) for s in mambavision] == [("coco", 3)]
+    assert per_dataset == {"coco": sum(large.values()) + sum(base.values()) + seeds + 1,
                            "laion": sum(large.values()), "flowers": sum(large.values())}
     jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
     assert jobs["sharedness_sae"] == len(saes)
