@@ -8,6 +8,7 @@ plain recurrence written in this file; the loader through a checkpoint folder in
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import math
@@ -211,6 +212,10 @@ def tiny_checkpoint(tmp_path) -> Path:
     return folder
 
 
+class _Pickled:
+    """An arbitrary object in a checkpoint: code the loader must not unpickle."""
+
+
 def _images() -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8)),
@@ -265,10 +270,45 @@ def test_loader_errors(tiny_checkpoint, tmp_path):
     (tiny_checkpoint / "config.json").write_text(json.dumps({**config, "dim": 24}))
     with pytest.raises(ConfigError, match=r"(?s)model\.safetensors do not fit.*config\.json.*missing: none"):
         load_encoder(_spec(str(tiny_checkpoint)))
-    del config["depths"]
-    (tiny_checkpoint / "config.json").write_text(json.dumps(config))
+    without_depths = {key: value for key, value in config.items() if key != "depths"}
+    (tiny_checkpoint / "config.json").write_text(json.dumps(without_depths))
     with pytest.raises(ConfigError, match=r"config\.json: missing depths"):
         load_encoder(_spec(str(tiny_checkpoint)))
+    (tiny_checkpoint / "config.json").write_text(json.dumps(config))
     (tiny_checkpoint / "model.safetensors").unlink()
-    with pytest.raises(ConfigError, match=r"has none of model\.safetensors, pytorch_model\.bin"):
+    with pytest.raises(ConfigError, match=r"none of model\.safetensors, pytorch_model\.bin, \*\.pth\.tar"):
         load_encoder(_spec(str(tiny_checkpoint)))
+    torch.save({"state_dict": {}, "hook": _Pickled()}, tiny_checkpoint / "last.pth.tar")
+    with pytest.raises(ConfigError, match=r"last\.pth\.tar is not a plain tensor checkpoint"):
+        load_encoder(_spec(str(tiny_checkpoint)))
+
+
+def test_loader_reads_a_training_checkpoint_fetched_only_when_the_hub_has_nothing_else(
+        tiny_checkpoint, tmp_path, monkeypatch):
+    """A hub repo with only the authors' training checkpoint (weights under `state_dict`, bare keys):
+    the loader asks for config.json + hub weights first, then for *.pth.tar."""
+    from safetensors.torch import load_file
+
+    state = {k[len("model."):]: v for k, v in load_file(str(tiny_checkpoint / "model.safetensors")).items()}
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    asked = []
+
+    def snapshot_download(repo_id, allow_patterns, **kwargs):
+        asked.append((repo_id, allow_patterns))
+        if "*.pth.tar" in allow_patterns:
+            torch.save({"state_dict": state, "epoch": 300, "args": argparse.Namespace(lr=1e-3)},
+                       hub / "mambavision_tiny_1k.pth.tar")
+        return str(hub)
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    encoder = load_encoder(_spec("nvidia/MambaVision-tiny"))
+    assert asked == [("nvidia/MambaVision-tiny", ["config.json", "model.safetensors", "pytorch_model.bin"]),
+                     ("nvidia/MambaVision-tiny", ["config.json", "*.pth.tar"])]
+    reference = load_encoder(_spec(str(tiny_checkpoint)))
+    images = reference.prepare("image", _images())
+    torch.testing.assert_close(encoder.encode("image", images).pooled,
+                               reference.encode("image", images).pooled)

@@ -16,8 +16,10 @@ BatchNorm, whose spatial mean is exactly the pooled feature.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,9 @@ from xsae.encoders.base import (
 from xsae.encoders.paper import _check_options, _choice, _fetch, _hf_kwargs, _model_id, _weights_name
 from xsae.errors import ConfigError
 
+# Hub weights in order of preference; the authors' training checkpoints (*.pth.tar) come last.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TRAINING_CHECKPOINTS = "*.pth.tar"
 
 # ---- the selective scan --------------------------------------------------------------------------
 
@@ -304,12 +308,23 @@ class MambaVisionBackbone(nn.Module):
 # ---- checkpoints ---------------------------------------------------------------------------------
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def find_weights(folder: Path) -> Path | None:
+    """The weight file a checkpoint folder offers first (WEIGHT_FILES, then training checkpoints)."""
+    candidates = [*(folder / name for name in WEIGHT_FILES), *sorted(folder.glob(TRAINING_CHECKPOINTS))]
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def _read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # training checkpoints also hold their argparse arguments, harmless to unpickle
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as exc:
+        raise ConfigError(f"{where}: {path} is not a plain tensor checkpoint ({exc}); only weights are "
+                          "loaded (no pickled code): save its state_dict with torch.save") from exc
     for key in ("state_dict", "model"):  # training checkpoints nest the weights
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -336,10 +351,11 @@ def load_backbone(folder: Path, where: str) -> tuple[MambaVisionBackbone, dict[s
         raise ConfigError(f"{where}: {config_path} not found (a MambaVision checkpoint folder holds "
                           f"config.json and one of {', '.join(WEIGHT_FILES)})")
     config = json.loads(config_path.read_text())
-    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    weights = find_weights(folder)
     if weights is None:
-        raise ConfigError(f"{where}: {folder} has none of {', '.join(WEIGHT_FILES)}")
-    state = backbone_state(_read_state_dict(weights))
+        raise ConfigError(f"{where}: {folder} has none of {', '.join(WEIGHT_FILES)}, "
+                          f"{TRAINING_CHECKPOINTS}")
+    state = backbone_state(_read_state_dict(weights, where))
     arch = MambaVisionArch.from_config(config, str(config_path))
     arch = MambaVisionArch(**{**arch.__dict__,
                               "layer_scale": any(k.endswith(".gamma_1") for k in state),
@@ -385,9 +401,14 @@ class MambaVision(Encoder):
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
 
-            folder = Path(_fetch(spec, snapshot_download, model_id,
-                                 allow_patterns=["config.json", *WEIGHT_FILES], errors=(OSError, ValueError),
-                                 **_hf_kwargs(spec)))
+            def fetch(patterns: list[str]) -> Path:
+                return Path(_fetch(spec, snapshot_download, model_id,
+                                   allow_patterns=["config.json", *patterns], errors=(OSError, ValueError),
+                                   **_hf_kwargs(spec)))
+
+            folder = fetch(list(WEIGHT_FILES))
+            if find_weights(folder) is None:  # only the training checkpoint: fetched on demand
+                folder = fetch([TRAINING_CHECKPOINTS])
         self.model, config = load_backbone(folder, f"encoders.{spec.name}.model ({model_id})")
         self.model.eval().to(self.device)
         self.weights = _weights_name(spec)
