@@ -83,7 +83,8 @@ def test_paper_dag_builds(tmp_path):
     configurations on both datasets, Global and Local on the seven stream groups of Tables 7–13, the
     sweep runs of Figures 6–10, every table; heterogeneity: 7 comparisons (Tables 1–4) × 4 trained
     methods × 3 seeds, each modality-specific run aligned post hoc and every method scored, Figures 2
-    and 9 from 8 modality-specific COCO runs, Figures 5 and 6 at full scale."""
+    and 9 from 8 modality-specific COCO runs, Figures 5 and 6 at full scale; sharedness: see
+    tests/test_sharedness_workflow.py."""
     jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
     sweeps = 4 * 2 + 5 * 2 + 5 * 1 + 4 * 2  # L, k, λ (Global only), learning rate
     groups = 7 * 2
@@ -92,9 +93,11 @@ def test_paper_dag_builds(tmp_path):
     # SPARC: Open Images 8 models, COCO 2 (× 2 splits); heterogeneity: CC-3M 4 (× 2), COCO captions
     # 8 (× 2), ImageNet val and its prompts 4 each (test only)
     extraction = (8 + 2) * 2 + 4 * 2 + 8 * 2 + 4 + 4
-    extraction += (14 + 7 + 7) * 2  # sharedness: 14 encoders on COCO, the 7 large on LAION and Flowers
-    # sharedness: 10 large encoders' layers on 3 datasets, 10 base on COCO, 3 seed controls
-    sharedness_saes = 3 * (24 * 8 + 12 * 2) + 12 * 10 + (24 + 12 + 1)
+    # sharedness: 15 encoders on COCO (MambaVision included), the 7 large on LAION and Flowers
+    extraction += (15 + 7 + 7) * 2
+    # sharedness: 10 large encoders' layers on 3 datasets, 10 base on COCO, 3 seed controls, the last
+    # layer of MambaVision on COCO
+    sharedness_saes = 3 * (24 * 8 + 12 * 2) + 12 * 10 + (24 + 12 + 1) + 1
     synthetic = 6 * 3 * 2 + 2 * 3 + 2 * 5 * 3  # Figure 5; Figure 6's base methods at 0.5 and losses
     assert jobs == {
         "synthetic_data": (6 + 1) * 3, "synthetic_run": synthetic, "figure_synthetic": 2,
@@ -105,7 +108,8 @@ def test_paper_dag_builds(tmp_path):
         "evaluate_sparc": 9 + groups, "figure_training": 9 + groups + comparisons + directions,
         "figure_sweep": 4, "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7,
         "all": 1,
-        "sharedness_sae": sharedness_saes, "sharedness_saes_table": 1, "sharedness_pair": 182,
+        # sharedness pairs: 182, and MambaVision with each of the 10 large models
+        "sharedness_sae": sharedness_saes, "sharedness_saes_table": 1, "sharedness_pair": 182 + 10,
         "sharedness_table": 2 + 20, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 4, "sharedness_comparative_figure": 4, "sharedness_shuffle": 1,
         "sharedness_shuffle_table": 1,
