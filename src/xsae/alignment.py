@@ -26,32 +26,20 @@ Conventions:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from xsae.metrics.sharedness import correlation_with_moments
 from xsae.sae import Codes, SparseAutoencoder
-
-try:  # scipy's C loop that adds a CSR matrix into a dense array (4x faster than numpy fancy indexing)
-    from scipy.sparse._sparsetools import csr_todense as _csr_add_into_dense
-except ImportError:  # a private module: fall back to the public route if it moves
-    _csr_add_into_dense = None
 
 #: Correlation bands of Figure 2/9: [0, .2), [.2, .4), [.4, .6), [.6, .8), [.8, 1]. The paper's text
 #: names only the top band (c ≥ 0.8); the other edges are those of the authors' figure code.
 FIGURE2_BINS: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-
-#: On the CPU, a chunk pair goes through a sparse product when the product of the two densities
-#: (non-zero fractions) is below this, else through dense BLAS.
-_SPARSE_PRODUCT_BELOW = 0.01
-
-#: Relative size below which a latent's variance is rounding noise of its raw moments, not signal.
-_VARIANCE_RTOL = 64 * float(np.finfo(np.float64).eps)
 
 CodeSource = Codes | torch.Tensor | np.ndarray | Iterable[Codes | torch.Tensor | np.ndarray]
 
@@ -62,99 +50,13 @@ class Coactivation:
     """Coactivation statistics of two streams over N paired samples.
 
     `correlation` is float64 `[L_a, L_b]` on the device it was accumulated on, 0 in every row or
-    column of a latent that is not alive; `alive_*` (bool) marks latents with positive variance;
-    `fire_count_*` (int64) counts the samples on which each latent is non-zero.
+    column of a latent that is not alive; `alive_*` (bool) marks latents whose activation varies.
     """
 
     correlation: torch.Tensor
     alive_a: torch.Tensor
     alive_b: torch.Tensor
-    fire_count_a: torch.Tensor
-    fire_count_b: torch.Tensor
     n_samples: int
-
-
-def _split_rows(chunk: Codes | torch.Tensor | np.ndarray, chunk_rows: int
-                ) -> Iterator[Codes | torch.Tensor | np.ndarray]:
-    n_rows = chunk.values.shape[0] if isinstance(chunk, Codes) else chunk.shape[0]
-    for lo in range(0, n_rows, chunk_rows):
-        if isinstance(chunk, Codes):
-            yield Codes(chunk.values[lo:lo + chunk_rows], chunk.indices[lo:lo + chunk_rows])
-        else:
-            yield chunk[lo:lo + chunk_rows]
-
-
-def _row_chunks(source: CodeSource, chunk_rows: int, name: str
-                ) -> Iterator[Codes | torch.Tensor | np.ndarray]:
-    """Chunks of at most `chunk_rows` rows from one `Codes`/dense matrix or an iterable of them."""
-    single = isinstance(source, Codes | torch.Tensor | np.ndarray)
-    for number, chunk in enumerate([source] if single else source):
-        if isinstance(chunk, Codes):
-            if chunk.values.shape != chunk.indices.shape or chunk.values.dim() != 2:
-                raise ValueError(f"{name} chunk {number}: values {list(chunk.values.shape)} and indices "
-                                 f"{list(chunk.indices.shape)} must both be [B, k]")
-        elif isinstance(chunk, torch.Tensor | np.ndarray):
-            if chunk.ndim != 2:
-                raise ValueError(f"{name} chunk {number}: dense codes must be [B, L], "
-                                 f"got {list(chunk.shape)}")
-        else:
-            raise TypeError(f"{name} chunk {number}: expected Codes, a tensor or an array, "
-                            f"got {type(chunk).__name__}")
-        yield from _split_rows(chunk, chunk_rows)
-
-
-def _n_rows(chunk: Codes | torch.Tensor | np.ndarray) -> int:
-    return chunk.values.shape[0] if isinstance(chunk, Codes) else chunk.shape[0]
-
-
-def _check_chunk(chunk: Codes | torch.Tensor | np.ndarray, n_latents: int, name: str) -> None:
-    if isinstance(chunk, Codes):
-        if chunk.indices.numel() and (int(chunk.indices.min()) < 0 or int(chunk.indices.max()) >= n_latents):
-            raise ValueError(f"{name}: latent indices must lie in [0, {n_latents}), got "
-                             f"[{int(chunk.indices.min())}, {int(chunk.indices.max())}]")
-        values = chunk.values
-    else:
-        if chunk.shape[1] != n_latents:
-            raise ValueError(f"{name}: dense codes have {chunk.shape[1]} columns, expected {n_latents}")
-        values = chunk
-    finite = bool(torch.isfinite(values).all()) if isinstance(values, torch.Tensor) else bool(
-        np.isfinite(values).all())
-    if not finite:
-        raise ValueError(f"{name}: codes contain NaN or Inf")
-
-
-def _csr(chunk: Codes | torch.Tensor | np.ndarray, n_latents: int) -> sp.csr_array:
-    """float64 CSR `[B, L]` without explicit zeros; duplicate indices in a row are summed (BatchTopK
-    pads rows with index 0 and value 0)."""
-    if isinstance(chunk, Codes):
-        # Copies: sum_duplicates and eliminate_zeros work in place and must not touch the caller's codes.
-        values = chunk.values.detach().cpu().numpy().astype(np.float64, copy=True)
-        n_rows, k = values.shape
-        matrix = sp.csr_array((values.ravel(), chunk.indices.detach().cpu().numpy().copy().ravel(),
-                               np.arange(0, n_rows * k + 1, k)), shape=(n_rows, n_latents))
-        matrix.sum_duplicates()
-    else:
-        dense = chunk.detach().cpu().numpy() if isinstance(chunk, torch.Tensor) else chunk
-        matrix = sp.csr_array(np.asarray(dense, dtype=np.float64))
-    matrix.eliminate_zeros()
-    return matrix
-
-
-def _dense(chunk: Codes | torch.Tensor | np.ndarray, n_latents: int, device: torch.device) -> torch.Tensor:
-    """float64 dense `[B, L]` on `device`; duplicate indices are summed, as in `_csr`."""
-    if isinstance(chunk, Codes):
-        values = chunk.values.detach().to(device, torch.float64)
-        out = torch.zeros(values.shape[0], n_latents, dtype=torch.float64, device=device)
-        return out.scatter_add_(1, chunk.indices.to(device), values)
-    tensor = chunk.detach() if isinstance(chunk, torch.Tensor) else torch.from_numpy(np.asarray(chunk))
-    return tensor.to(device, torch.float64)
-
-
-def _density(chunk: Codes | torch.Tensor | np.ndarray, n_latents: int) -> float:
-    if isinstance(chunk, Codes):
-        return chunk.values.shape[1] / n_latents
-    nonzero = int((chunk != 0).sum())
-    return nonzero / max(chunk.shape[0] * chunk.shape[1], 1)
 
 
 def _source_device(source: CodeSource) -> torch.device | None:
@@ -165,64 +67,6 @@ def _source_device(source: CodeSource) -> torch.device | None:
     return None
 
 
-class _Moments:
-    """Raw float64 moments Σa, Σb, Σa², Σb², Σ a bᵀ and fire counts, summed over row chunks."""
-
-    def __init__(self, n_a: int, n_b: int, device: torch.device):
-        def zeros(*shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-            return torch.zeros(*shape, dtype=dtype, device=device)
-
-        self.device = device
-        self.sum_a, self.sum_b = zeros(n_a), zeros(n_b)
-        self.sumsq_a, self.sumsq_b = zeros(n_a), zeros(n_b)
-        self.fires_a, self.fires_b = zeros(n_a, dtype=torch.long), zeros(n_b, dtype=torch.long)
-        self.cross = zeros(n_a, n_b)
-        self.n_samples = 0
-
-    def add_dense(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        self.sum_a += a.sum(0)
-        self.sum_b += b.sum(0)
-        self.sumsq_a += (a * a).sum(0)
-        self.sumsq_b += (b * b).sum(0)
-        self.fires_a += (a != 0).sum(0)
-        self.fires_b += (b != 0).sum(0)
-        self.cross.addmm_(a.T, b)
-        self.n_samples += a.shape[0]
-
-    def add_sparse(self, a: sp.csr_array, b: sp.csr_array) -> None:
-        """CPU only: one sparse product aᵀb per chunk, work ∝ Σ_rows nnz_a · nnz_b."""
-        n_a, n_b = self.cross.shape
-        for matrix, total, squares, fires, width in ((a, self.sum_a, self.sumsq_a, self.fires_a, n_a),
-                                                    (b, self.sum_b, self.sumsq_b, self.fires_b, n_b)):
-            total += torch.from_numpy(np.bincount(matrix.indices, matrix.data, minlength=width))
-            squares += torch.from_numpy(np.bincount(matrix.indices, matrix.data ** 2, minlength=width))
-            fires += torch.from_numpy(np.bincount(matrix.indices, minlength=width))
-        product = sp.csr_array(a.T.tocsr() @ b)  # [L_a, L_b]; one entry per (row, column)
-        if _csr_add_into_dense is not None:
-            _csr_add_into_dense(n_a, n_b, product.indptr, product.indices, product.data, self.cross.numpy())
-        else:
-            rows = np.repeat(np.arange(n_a, dtype=np.int64), np.diff(product.indptr))
-            flat = self.cross.numpy().reshape(-1)
-            flat[rows * n_b + product.indices] += product.data
-        self.n_samples += a.shape[0]
-
-    def coactivation(self) -> Coactivation:
-        """Pearson correlation (Sab − Sa·Sb/n) / sqrt(Vaa·Vbb), Vaa = Saa − Sa²/n, built in place."""
-        n = self.n_samples
-        if n < 2:
-            raise ValueError(f"a correlation needs at least 2 paired samples, got {n}")
-        spread_a = self.sumsq_a - self.sum_a ** 2 / n  # n · variance
-        spread_b = self.sumsq_b - self.sum_b ** 2 / n
-        alive_a = spread_a > _VARIANCE_RTOL * self.sumsq_a
-        alive_b = spread_b > _VARIANCE_RTOL * self.sumsq_b
-        scale_a = torch.where(alive_a, spread_a.clamp_min(1e-300).rsqrt(), torch.zeros_like(spread_a))
-        scale_b = torch.where(alive_b, spread_b.clamp_min(1e-300).rsqrt(), torch.zeros_like(spread_b))
-        correlation = self.cross
-        correlation.addr_(self.sum_a, self.sum_b, alpha=-1.0 / n)
-        correlation.mul_(scale_a[:, None]).mul_(scale_b[None, :]).clamp_(-1.0, 1.0)
-        return Coactivation(correlation, alive_a, alive_b, self.fires_a, self.fires_b, n)
-
-
 def coactivation_correlation(codes_a: CodeSource, codes_b: CodeSource, n_latents_a: int, n_latents_b: int,
                              *, chunk_rows: int = 4096,
                              device: torch.device | str | None = None) -> Coactivation:
@@ -230,41 +74,21 @@ def coactivation_correlation(codes_a: CodeSource, codes_b: CodeSource, n_latents
 
     `codes_a`, `codes_b`: the two streams' codes over the same samples in the same order, each a
     `Codes` (values/indices `[N, k]`), a dense `[N, L]` tensor/array, or an iterable of such chunks
-    (paired chunks must have equal row counts). Raw moments are summed in float64 over chunks of at
-    most `chunk_rows` rows: on the CPU by one sparse product aᵀb per chunk (dense BLAS when the
-    chunks are dense), on a GPU (`device`, default: where the input tensors are) by a dense
-    float64 matmul. Memory is the `[L_a, L_b]` output plus one chunk's product. With float64
-    moments the relative error of an entry is about 1e-16 · E[ab] / (σ_a σ_b), negligible for
-    sparse codes whose means are small against their spread.
+    (a one-shot generator is fine: one pass is made). The correlation is the streamed one of the
+    sharedness metrics (`xsae.metrics.sharedness.correlation_with_moments`): float64 moments over
+    chunks of at most `chunk_rows` rows, sparse products when both sides are `Codes`, on `device`
+    (default: where the input tensors are). Memory is the `[L_a, L_b]` output plus one chunk.
     """
-    for name, value in (("n_latents_a", n_latents_a), ("n_latents_b", n_latents_b),
-                        ("chunk_rows", chunk_rows)):
+    for name, value in (("n_latents_a", n_latents_a), ("n_latents_b", n_latents_b)):
         if not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     target = torch.device(device) if device is not None else (_source_device(codes_a) or torch.device("cpu"))
-    moments = _Moments(n_latents_a, n_latents_b, target)
-    chunks_a = _row_chunks(codes_a, chunk_rows, "codes_a")
-    chunks_b = _row_chunks(codes_b, chunk_rows, "codes_b")
-    sentinel = object()
-    for number in itertools.count():
-        chunk_a, chunk_b = next(chunks_a, sentinel), next(chunks_b, sentinel)
-        if chunk_a is sentinel or chunk_b is sentinel:
-            if chunk_a is not chunk_b:
-                shorter = "codes_a" if chunk_a is sentinel else "codes_b"
-                raise ValueError(f"{shorter} ends after {moments.n_samples} samples but the other "
-                                 "stream has more: the codes must be paired row by row")
-            break
-        if _n_rows(chunk_a) != _n_rows(chunk_b):
-            raise ValueError(f"sub-chunk {number}: codes_a has {_n_rows(chunk_a)} rows, codes_b "
-                             f"{_n_rows(chunk_b)}: paired chunks must have equal row counts")
-        _check_chunk(chunk_a, n_latents_a, "codes_a")
-        _check_chunk(chunk_b, n_latents_b, "codes_b")
-        on_cpu = target.type == "cpu"
-        if on_cpu and _density(chunk_a, n_latents_a) * _density(chunk_b, n_latents_b) < _SPARSE_PRODUCT_BELOW:
-            moments.add_sparse(_csr(chunk_a, n_latents_a), _csr(chunk_b, n_latents_b))
-        else:
-            moments.add_dense(_dense(chunk_a, n_latents_a, target), _dense(chunk_b, n_latents_b, target))
-    return moments.coactivation()
+    correlation, moments_a, moments_b = correlation_with_moments(
+        codes_a, codes_b, n_features_a=int(n_latents_a), n_features_b=int(n_latents_b),
+        chunk_rows=chunk_rows, device=target, names=("codes_a", "codes_b"))
+    if moments_a.n_rows < 2:
+        raise ValueError(f"a correlation needs at least 2 paired samples, got {moments_a.n_rows}")
+    return Coactivation(correlation, moments_a.alive.to(target), moments_b.alive.to(target), moments_a.n_rows)
 
 
 # ---- Hungarian matching --------------------------------------------------------------------------

@@ -483,24 +483,36 @@ def _first_feature_count(source: _Source) -> int:
     raise ValueError(f"pass n_features for {source.name} (it is streamed or given as Codes)")
 
 
-def correlation_matrix(a: FeatureSource, b: FeatureSource, *, n_features_a: int | None = None,
-                       n_features_b: int | None = None, chunk_rows: int = 4096,
-                       matmul_dtype: torch.dtype = torch.float64, method: str = "auto",
-                       device: torch.device | str | None = None) -> torch.Tensor:
-    """All Pearson correlations corr(A_i, B_j) `[m_a, m_b]` float64 on CPU, in one pass over rows.
+def correlation_with_moments(a: FeatureSource, b: FeatureSource, *, n_features_a: int | None = None,
+                             n_features_b: int | None = None, chunk_rows: int = 4096,
+                             matmul_dtype: torch.dtype = torch.float64, method: str = "auto",
+                             device: torch.device | str | None = None, names: tuple[str, str] = ("a", "b")
+                             ) -> tuple[torch.Tensor, ColumnMoments, ColumnMoments]:
+    """All Pearson correlations corr(A_i, B_j) `[m_a, m_b]` float64 on `device`, in one pass over
+    the rows (a one-shot iterator of chunks is enough), with both sides' column moments.
 
-    For small m (tests, Figure-style inspection); `max_correlation` is the bounded-memory path.
-    Entries involving a dead (constant) feature are 0. Defaults to a float64 matmul, which matches
-    `np.corrcoef` to ~1e-13.
+    Entries involving a dead (constant) feature are 0. A float64 matmul (the default) matches
+    `np.corrcoef` to ~1e-13. `names` name the two sides in error messages.
     """
     _check_options(chunk_rows, 1, matmul_dtype, method)
-    src_a, src_b = _source_pair(a, b, n_features_a, n_features_b)
+    src_a, src_b = _Source(a, n_features_a, names[0]), _Source(b, n_features_b, names[1])
     cross, moments_a, moments_b, _ = _co_moment_block(
         src_a, src_b, (0, 2**62),  # all of B's columns: the block is clamped to m_b
         chunk_rows=chunk_rows, sparse=None if method == "auto" else method == "sparse",
         matmul_dtype=matmul_dtype, device=_resolve_device(device))
     corr, _, _ = _to_correlation(cross, moments_a, moments_b)
-    return corr.cpu()
+    return corr, moments_a, moments_b
+
+
+def correlation_matrix(a: FeatureSource, b: FeatureSource, *, n_features_a: int | None = None,
+                       n_features_b: int | None = None, chunk_rows: int = 4096,
+                       matmul_dtype: torch.dtype = torch.float64, method: str = "auto",
+                       device: torch.device | str | None = None) -> torch.Tensor:
+    """`correlation_with_moments`'s matrix, on the CPU. For small m (tests, inspection) and for
+    post-hoc alignment (`xsae.alignment`); `max_correlation` is the bounded-memory path."""
+    return correlation_with_moments(a, b, n_features_a=n_features_a, n_features_b=n_features_b,
+                                    chunk_rows=chunk_rows, matmul_dtype=matmul_dtype, method=method,
+                                    device=device)[0].cpu()
 
 
 @dataclass(frozen=True)
