@@ -13,6 +13,7 @@ from xsae import config
 from xsae.comparisons import (
     comparison_runs,
     comparison_table,
+    encode_pairs,
     group_captions,
     leaf_label_sets,
     score_retrieval,
@@ -107,7 +108,7 @@ def test_retrieval_is_perfect_when_captions_encode_like_their_images():
     per_image = [2, 1, 3, 1, 2]
     rows = torch.cat([images[i].expand(n, -1) for i, n in enumerate(per_image)])
     table = pd.DataFrame({"image_path": [f"im{i}" for i, n in enumerate(per_image) for _ in range(n)]})
-    scores = score_retrieval(model, rows, rows, table)
+    scores = score_retrieval(model, encode_pairs(model, rows, rows, table))
     assert scores["i2t_r1"] == scores["t2i_r1"] == 100.0
     assert scores["n_images"] == 5 and scores["n_captions"] == 9
     with torch.no_grad():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,19 +176,38 @@ def leaf_label_sets(table: pd.DataFrame, labels: Sequence[Label]) -> tuple[list[
     return names, member
 
 
+@dataclass(frozen=True)
+class EncodedPairs:
+    """A retrieval set encoded once for every score: its distinct images (the first row of each
+    `image_path`) and all captions, their codes, and the image index of each caption."""
+
+    images: torch.Tensor
+    texts: torch.Tensor
+    image_codes: Codes
+    text_codes: Codes
+    first: np.ndarray  # table row of each distinct image
+    caption_image: np.ndarray  # image index of each caption row
+
+
 @torch.no_grad()
-def score_retrieval(
+def encode_pairs(
     model: SparseAutoencoder, image: torch.Tensor, text: torch.Tensor, table: pd.DataFrame
-) -> dict[str, float]:
-    """COCO-style reconstruction MSE and image↔text recalls (percent) in the latent space."""
+) -> EncodedPairs:
+    """`image`, `text`: features of the table's rows (one row per image–caption pair, or per image)."""
     first, caption_image = group_captions(table)
     images = image[torch.as_tensor(first, device=image.device)]
-    image_codes, text_codes = _encode(model, IMAGE, images), _encode(model, TEXT, text)
-    mse = 0.5 * (
-        _squared_error(model, IMAGE, images, image_codes) + _squared_error(model, TEXT, text, text_codes)
-    )
-    recall = multi_caption_retrieval(image_codes, text_codes, torch.as_tensor(caption_image))
-    out = {"coco_mse": mse, "n_images": float(len(first)), "n_captions": float(len(text))}
+    return EncodedPairs(images, text, _encode(model, IMAGE, images), _encode(model, TEXT, text), first,
+                        caption_image)
+
+
+@torch.no_grad()
+def score_retrieval(model: SparseAutoencoder, pairs: EncodedPairs) -> dict[str, float]:
+    """COCO-style reconstruction MSE and image↔text recalls (percent) in the latent space."""
+    mse = 0.5 * (_squared_error(model, IMAGE, pairs.images, pairs.image_codes)
+                 + _squared_error(model, TEXT, pairs.texts, pairs.text_codes))
+    caption_image = torch.as_tensor(pairs.caption_image)
+    recall = multi_caption_retrieval(pairs.image_codes, pairs.text_codes, caption_image)
+    out = {"coco_mse": mse, "n_images": float(len(pairs.first)), "n_captions": float(len(pairs.texts))}
     for direction, key in (("image_to_text", "i2t"), ("text_to_image", "t2i")):
         for k in (1, 5, 10):
             out[f"{key}_r{k}"] = 100 * recall[direction][f"R@{k}"]
@@ -239,8 +259,7 @@ def score_zero_shot(
 @torch.no_grad()
 def score_steering(
     model: SparseAutoencoder,
-    image: torch.Tensor,
-    text: torch.Tensor,
+    pairs: EncodedPairs,
     table: pd.DataFrame,
     labels: Sequence[Label],
     *,
@@ -256,20 +275,16 @@ def score_steering(
     of samples labelled with the class, for captions that rarely name their category).
     """
     concepts, member = leaf_label_sets(table, labels)
-    first, _ = group_captions(table)
     if concepts_from == "captions":
         mentions = mention_matrix(table["caption"].tolist(), concepts)
     elif concepts_from == "labels":
         mentions = member
     else:
         raise ConfigError(f"steering.concepts_from must be captions or labels, got {concepts_from!r}")
-    chosen = concept_latents(
-        _encode(model, TEXT, text), mentions, concepts, model.config.n_latents, seed=seed
-    )
-    gallery = image[torch.as_tensor(first, device=image.device)]
+    chosen = concept_latents(pairs.text_codes, mentions, concepts, model.config.n_latents, seed=seed)
     result = steering_retrieval(
-        gallery,
-        member[first],
+        pairs.images,
+        member[pairs.first],
         concepts,
         chosen["latent"].to_numpy(),
         model.dec_weight[IMAGE].detach(),
@@ -283,22 +298,20 @@ def score_steering(
 @torch.no_grad()
 def score_monosemanticity(
     model: SparseAutoencoder,
-    image: torch.Tensor,
-    text: torch.Tensor,
+    pairs: EncodedPairs,
     external_image: torch.Tensor,
     external_text: torch.Tensor,
-    table: pd.DataFrame,
 ) -> pd.DataFrame:
     """Figure 8: per-latent monosemanticity of the image latents (on the distinct images, with the
-    external encoder's image embeddings) and of the text latents (captions, its text embeddings)."""
-    first, _ = group_captions(table)
-    rows = torch.as_tensor(first, device=image.device)
+    external encoder's image embeddings of the same table rows) and of the text latents (captions,
+    its text embeddings)."""
+    rows = torch.as_tensor(pairs.first, device=external_image.device)
     parts = []
-    for modality, stream, x, external in (
-        ("image", IMAGE, image[rows], external_image[rows]),
-        ("text", TEXT, text, external_text),
+    for modality, codes, external in (
+        ("image", pairs.image_codes, external_image[rows]),
+        ("text", pairs.text_codes, external_text),
     ):
-        scores = monosemanticity_scores(_encode(model, stream, x), external, model.config.n_latents)
+        scores = monosemanticity_scores(codes, external, model.config.n_latents)
         curve = scores.sorted_scores()
         curve.insert(0, "modality", modality)
         parts.append(curve)
@@ -377,7 +390,8 @@ def evaluate_run(
         raise DataError(
             f"{inputs['retrieval_manifest']}: rows differ from the features' sample_ids; re-extract them"
         )
-    scores = score_retrieval(model, image, text, table)
+    pairs = encode_pairs(model, image, text, table)
+    scores = score_retrieval(model, pairs)
     if "zero_shot_image" in inputs:
         zs_table = read_manifest(inputs["zero_shot_manifest"])
         (zs_image,), _ = _features([inputs["zero_shot_image"]], ["image"], input_norm, device)
@@ -393,8 +407,7 @@ def evaluate_run(
         settings = spec["steering"]
         steering = score_steering(
             model,
-            image,
-            text,
+            pairs,
             table,
             read_labels(inputs["retrieval_labels"]),
             concepts_from=settings["concepts_from"],
@@ -409,7 +422,7 @@ def evaluate_run(
         )
         if ext_ids != ids:
             raise DataError(f"{inputs['external_image']}: rows differ from {inputs['retrieval_image']}")
-        mono = score_monosemanticity(model, image, text, ext_image, ext_text, table)
+        mono = score_monosemanticity(model, pairs, ext_image, ext_text)
     return metrics, steering, mono
 
 
