@@ -303,9 +303,19 @@ def test_siglip2_random_weights_features_match_processor_and_model_api(tiny_hf):
     assert image.pooled.shape == (2, WIDTH)
     torch.testing.assert_close(image.pooled, reference.get_image_features(**batch).pooler_output)
     assert (batch["pixel_attention_mask"] == 0).any()  # the 300x260 image has a padding patch
-    mask = batch["pixel_attention_mask"].float().unsqueeze(-1)
     assert len(image.layers) == 2 == len(out.hidden_states) - 1
+    # each layer through the tower's own LayerNorm and pooling head: the last one is the pooled feature
+    torch.testing.assert_close(image.layers[-1], image.pooled)
+    vision = reference.vision_model
     for ours, hidden in zip(image.layers, out.hidden_states[1:], strict=True):
+        with torch.no_grad():
+            pooled = vision.head(vision.post_layernorm(hidden), batch["pixel_attention_mask"])
+        torch.testing.assert_close(ours, pooled)
+    assert not torch.allclose(image.layers[0], image.layers[-1])
+    mean_encoder = load_encoder(_spec("hf_siglip2", tiny_hf["siglip2"], layer_pooling="mean"))
+    mask = batch["pixel_attention_mask"].float().unsqueeze(-1)
+    for ours, hidden in zip(mean_encoder.encode("image", batch, layers=True).layers, out.hidden_states[1:],
+                            strict=True):
         torch.testing.assert_close(ours, (hidden * mask).sum(1) / mask.sum(1))  # patch mean
 
     # transformers 5 loads any siglip2 folder with Siglip2Tokenizer, which lowercases by itself;

@@ -310,7 +310,9 @@ class SigLIP2(Encoder):
     Text as SigLIP was trained: lowercased, right-padded to 64 tokens, no attention mask (the
     canonical text tower attends to the padding and pools the last position). Pooled features are
     `get_image_features` / `get_text_features` (the attention-pool head / last-token head).
-    Layers: vision → mean over the (non-padding) patches (no CLS token), text → last token.
+    Layers: the vision tower has no CLS token, so each layer is pooled as the last one is: the
+    final LayerNorm and the attention-pooling head (`layer_pooling: head`, so that the last layer's
+    token is the pooled feature), or the mean over the real patches (`mean`); text → last token.
     """
 
     modalities = ("image", "text")
@@ -318,7 +320,9 @@ class SigLIP2(Encoder):
 
     def __init__(self, spec: EncoderSpec):
         super().__init__(spec)
-        _check_options(spec, {})
+        _check_options(spec, {"layer_pooling": "'head' (default: the vision tower's own pooling "
+                                                "head on each layer) or 'mean' (mean of the patches)"})
+        self.layer_pooling = _choice(spec, "layer_pooling", ("head", "mean"), "head")
         model_id = _model_id(spec, "google/siglip2-so400m-patch14-224")
         tf = _transformers()
         self.model = _fetch(spec, tf.AutoModel.from_pretrained, model_id, **_hf_kwargs(spec))
@@ -360,9 +364,15 @@ class SigLIP2(Encoder):
         return _blocks(self, tower, modality)
 
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
-        if modality == "image":
+        if modality == "text":
+            return hidden[:, -1]
+        vision = self.model.vision_model
+        if self.layer_pooling == "mean" or getattr(vision, "head", None) is None:
             return _pool_tokens(hidden, "mean", self._pixel_mask)
-        return hidden[:, -1]
+        normed = vision.post_layernorm(hidden)
+        if self._pixel_mask is None:  # SigLIP (v1): fixed resolution, its head takes no mask
+            return vision.head(normed)
+        return vision.head(normed, self._pixel_mask)
 
     def token_mask(self, modality: str, hidden: torch.Tensor) -> torch.Tensor | None:
         """Image: the real patches (variable-resolution processors pad); text: the non-padding
@@ -385,7 +395,7 @@ class SigLIP2(Encoder):
                 "image_std")
         found = {k: getattr(proc, k) for k in keys if getattr(proc, k, None) is not None}
         return _jsonable({"processor": type(proc).__name__, **found,
-                          "alpha": "composited on white"})
+                          "alpha": "composited on white", "layer_pooling": self.layer_pooling})
 
 
 # ---- Hugging Face text ---------------------------------------------------------------------------
