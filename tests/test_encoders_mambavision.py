@@ -267,6 +267,9 @@ def test_loader_errors(tiny_checkpoint, tmp_path):
     with pytest.raises(ConfigError, match=r"config\.json not found"):
         load_encoder(_spec(str(empty)))
     config = json.loads((tiny_checkpoint / "config.json").read_text())
+    (tiny_checkpoint / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"config\.json is not valid JSON"):
+        load_encoder(_spec(str(tiny_checkpoint)))
     (tiny_checkpoint / "config.json").write_text(json.dumps({**config, "dim": 24}))
     with pytest.raises(ConfigError, match=r"(?s)model\.safetensors do not fit.*config\.json.*missing: none"):
         load_encoder(_spec(str(tiny_checkpoint)))

@@ -347,14 +347,17 @@ def load_backbone(folder: Path, where: str) -> tuple[MambaVisionBackbone, dict[s
     Layer-scale parameters are present or absent as the weights say (config files of the hub
     checkpoints do not always record them)."""
     config_path = folder / "config.json"
+    weight_names = ", ".join([*WEIGHT_FILES, TRAINING_CHECKPOINTS])
     if not config_path.is_file():
         raise ConfigError(f"{where}: {config_path} not found (a MambaVision checkpoint folder holds "
-                          f"config.json and one of {', '.join(WEIGHT_FILES)})")
-    config = json.loads(config_path.read_text())
+                          f"config.json and one of {weight_names})")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: {config_path} is not valid JSON ({exc})") from exc
     weights = find_weights(folder)
     if weights is None:
-        raise ConfigError(f"{where}: {folder} has none of {', '.join(WEIGHT_FILES)}, "
-                          f"{TRAINING_CHECKPOINTS}")
+        raise ConfigError(f"{where}: {folder} has none of {weight_names}")
     state = backbone_state(_read_state_dict(weights, where))
     arch = MambaVisionArch.from_config(config, str(config_path))
     arch = MambaVisionArch(**{**arch.__dict__,
