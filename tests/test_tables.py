@@ -132,3 +132,13 @@ def test_reconstruction_table():
     assert pd.api.types.is_integer_dtype(table["samples"])
     assert table["L"].tolist() == [256, 256, 256]
     assert table.columns.name is None
+
+
+def test_read_reference_whole_document_entry_or_none(tmp_path):
+    path = tmp_path / "reference.yaml"
+    path.write_text("table9:\n  A: {B: 0.5}\nappendix_r2:\n  clip: {x: 1}\n")
+    assert tables.read_reference([]) is None
+    whole = tables.read_reference([str(path)])
+    assert whole == {"table9": {"A": {"B": 0.5}}, "appendix_r2": {"clip": {"x": 1}}}
+    assert tables.read_reference([str(path)], "appendix_r2.clip") == {"x": 1}
+    assert tables.read_reference([str(path)], "missing") == {}

@@ -23,6 +23,8 @@ PAIR_COLUMNS = ["source", "target", "scope", "layer_source", "layer_target", "me
 #: mass S_i, Eq. 3; MPPC uniform, Eq. 1).
 METRICS = {"wmppc": "mass", "mppc": "uniform"}
 WEIGHTING_METRIC = {weighting: metric for metric, weighting in METRICS.items()}
+#: how tables, captions and figures write each metric
+METRIC_NAMES = {"wmppc": "wMPPC", "mppc": "MPPC"}
 MODALITY_PAIRS = (("image", "image"), ("image", "text"), ("text", "image"), ("text", "text"))
 MODALITY_NAMES = {"image": "Image", "text": "Text"}
 

@@ -102,6 +102,18 @@ def _configuration_columns(label: str, source: str) -> dict:
     return {"TopK": topk, "λ": f"{lam:g}", "source": source}
 
 
+def read_reference(paths: Sequence[str | Path], key: str | None = None) -> dict | None:
+    """The published numbers of a rule's optional `reference` input (a YAML file): the whole
+    document, or with `key` its entry at that dotted key ({} where absent); None without input."""
+    if not paths:
+        return None
+    import yaml
+
+    with open(paths[0], encoding="utf-8") as handle:
+        document = yaml.safe_load(handle) or {}
+    return document if key is None else reference_entry(document, key)
+
+
 def reference_entry(reference: dict | None, key: str) -> dict:
     """The entry of `reference` at a dotted `key` (e.g. "appendix_r2.clip"); {} where absent."""
     entry: Any = reference or {}

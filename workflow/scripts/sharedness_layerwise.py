@@ -4,7 +4,7 @@ import pandas as pd
 
 from xsae import figures, provenance
 from xsae.io import atomic_path
-from xsae.sharedness_tables import WEIGHTING_METRIC, layerwise_matrix, read_pair_scores
+from xsae.sharedness_tables import METRIC_NAMES, WEIGHTING_METRIC, layerwise_matrix, read_pair_scores
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake):
@@ -19,7 +19,7 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
         panels.append((f"{labels[source]} → {labels[target]}", matrix))
         long = matrix.stack().rename("value").reset_index()
         tidy.append(long.assign(source=source, target=target, metric=metric))
-    name = {"wmppc": "wMPPC", "mppc": "MPPC"}[metric]
+    name = METRIC_NAMES[metric]
     figure = figures.layerwise_heatmaps(panels, metric=name)
     if spec["caption"]:
         figure.suptitle(spec["caption"], fontsize=9)

@@ -1,24 +1,20 @@
 """One source × target matrix of the sharedness paper (rule sharedness_table)."""
 
-import yaml
-
 from xsae import provenance, tables
-from xsae.sharedness_tables import WEIGHTING_METRIC, matrix_table, read_pair_scores
+from xsae.sharedness_tables import METRIC_NAMES, WEIGHTING_METRIC, matrix_table, read_pair_scores
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake):
     spec, facts = snakemake.params.spec, snakemake.params.facts
-    reference = None
-    if snakemake.input.reference and spec["reference"]:
-        with open(snakemake.input.reference[0], encoding="utf-8") as handle:
-            reference = (yaml.safe_load(handle) or {}).get(spec["reference"])
+    reference = (tables.read_reference(snakemake.input.reference, spec["reference"])
+                 if spec["reference"] else None)
     scores = read_pair_scores(snakemake.input.pairs)
     scores = scores[scores["dataset"] == spec["dataset"]]
     metric = WEIGHTING_METRIC[spec["weighting"]]
     table = matrix_table(scores, spec["sources"], spec["targets"] or spec["sources"], labels=facts["labels"],
                          modalities=facts["modalities"], scope=spec["layers"], metric=metric,
                          reference=reference)
-    name = {"wmppc": "wMPPC", "mppc": "MPPC"}[metric]
+    name = METRIC_NAMES[metric]
     caption = " ".join(filter(None, [spec["caption"], f"{name} source → target ({spec['layers']} layers) on "
                                                       f"{spec['dataset']}, test split."]))
     tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")}, caption=caption,

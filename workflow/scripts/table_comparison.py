@@ -1,7 +1,6 @@
 """Table 1 layout for one method comparison (rule table_comparison)."""
 
 import pandas as pd
-import yaml
 
 from xsae import provenance, tables
 from xsae.comparisons import comparison_table
@@ -11,10 +10,7 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
     members, spec = snakemake.params.members, snakemake.params.spec
     metrics = {(m["method"], m["seed"]): pd.read_csv(path)
                for m, path in zip(members, snakemake.input.metrics, strict=True)}
-    reference = None
-    if snakemake.input.reference:
-        with open(snakemake.input.reference[0], encoding="utf-8") as handle:
-            reference = yaml.safe_load(handle).get(spec["reference_key"] or "", {})
+    reference = tables.read_reference(snakemake.input.reference, spec["reference_key"] or "")
     table = comparison_table(metrics, spec["methods"], reference)
     tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")},
                   caption=tables.COMPARISON_CAPTION, label=f"tab:comparison-{snakemake.wildcards.comparison}")

@@ -1,7 +1,6 @@
 """Render one SPARC table over the configured runs (rule table_sparc)."""
 
 import pandas as pd
-import yaml
 
 from xsae import provenance, tables
 from xsae.workflow import script
@@ -10,10 +9,7 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
     spec = snakemake.params.spec
     metrics = {label: pd.read_csv(path, keep_default_na=False, na_values=[""])
                for label, path in zip(spec["configurations"], snakemake.input.metrics, strict=True)}
-    reference = None
-    if snakemake.input.reference:
-        with open(snakemake.input.reference[0], encoding="utf-8") as handle:
-            reference = yaml.safe_load(handle)
+    reference = tables.read_reference(snakemake.input.reference)
     all_tables = tables.sparc_tables(metrics, list(snakemake.params.streams), reference,
                                      spec["stream_names"], spec["reference_dataset"],
                                      spec["r2_reference"])
