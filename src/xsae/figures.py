@@ -147,6 +147,19 @@ def sweep_figure(table: pd.DataFrame, parameter: str, title: str = "") -> plt.Fi
     return figure
 
 
+def _image_tile(ax: plt.Axes, image_path: str | None, title: str | None = None, fontsize: float = 6) -> None:
+    """One cell of an image grid: the image under a small title, or an empty frame without one."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if image_path is None:
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        return
+    ax.imshow(load_rgb(image_path))
+    if title is not None:
+        ax.set_title(title, fontsize=fontsize)
+
+
 def pick_latents(top: pd.DataFrame, n: int) -> list[int]:
     """Latents worth showing: active in every stream, with the largest total top activation."""
     streams = top["stream"].nunique()
@@ -170,19 +183,15 @@ def top_activations_figure(top: pd.DataFrame, manifest: pd.DataFrame, latents: S
             hits = top[(top["latent"] == latent) & (top["stream"] == stream)].sort_values("rank")
             for c in range(per_stream):
                 ax = axes[r, c]
-                ax.set_xticks([])
-                ax.set_yticks([])
                 if c == 0:
                     ax.set_ylabel(f"latent {latent}\n{stream}", fontsize=8)
                 if c >= len(hits):
-                    for spine in ax.spines.values():
-                        spine.set_visible(False)
+                    _image_tile(ax, None)
                     continue
                 hit = hits.iloc[c]
                 sample = by_id.loc[hit["sample_id"]]
-                ax.imshow(load_rgb(sample["image_path"]))
-                ax.set_title("\n".join(textwrap.wrap(sample["caption"], 22)[:2]) + f"\n{hit['value']:.3f}",
-                             fontsize=6)
+                caption = "\n".join(textwrap.wrap(sample["caption"], 22)[:2])
+                _image_tile(ax, sample["image_path"], f"{caption}\n{hit['value']:.3f}", fontsize=6)
     if title:
         figure.suptitle(title)
     return figure
@@ -389,22 +398,18 @@ def comparative_features_figure(top: pd.DataFrame, manifest: pd.DataFrame, ranki
         facts = by_feature.loc[feature]
         for i in range(rows_per_feature * columns):
             ax = axes[f * rows_per_feature + i // columns, i % columns]
-            ax.set_xticks([])
-            ax.set_yticks([])
             if i == 0:
                 ax.set_ylabel(f"feature {feature} (rank {int(facts['rank'])})\n"
                               f"Δ={facts['sharedness']:.3g}\nmin ρ G={facts['min_rho_shared']:.2f}\n"
                               f"max ρ H={facts['max_rho_not_shared']:.2f}", fontsize=6)
             if i >= len(hits) or i >= n_images:
-                for spine in ax.spines.values():
-                    spine.set_visible(False)
+                _image_tile(ax, None)
                 continue
             hit = hits.iloc[i]
             sample = by_id.loc[hit["sample_id"]]
-            ax.imshow(load_rgb(sample["image_path"]))
-            if rows_per_feature == 1:
-                caption = "\n".join(textwrap.wrap(str(sample["caption"]), 20)[:2])
-                ax.set_title(f"{caption}\n{hit['value']:.2f}", fontsize=5)
+            caption = "\n".join(textwrap.wrap(str(sample["caption"]), 20)[:2])
+            _image_tile(ax, sample["image_path"],
+                        f"{caption}\n{hit['value']:.2f}" if rows_per_feature == 1 else None, fontsize=5)
     if title:
         figure.suptitle(title, fontsize=9)
     return figure
