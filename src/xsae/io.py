@@ -1,4 +1,4 @@
-"""Atomic writes and checksums: nothing half-written is ever left under a final name."""
+"""Atomic writes, checked reads and checksums: nothing half-written is ever left under a final name."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from xsae.errors import DataError
 
 _CHUNK = 1 << 20
 #: Markers a workflow engine drops into folder outputs; not part of the content.
@@ -53,6 +57,31 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
+    """Arrays to an .npz file, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def read_npz(path: str | os.PathLike, what: str, produced_by: str,
+             required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Every array of an .npz file written by `write_npz` (pickles refused). A missing file, an
+    unreadable one or one without the `required` arrays is a DataError naming `what` it should be
+    and, when missing, `produced_by` (what to run to make it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found; {produced_by}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable {what} ({exc}); delete it and rerun") from exc
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise DataError(f"{path}: not a readable {what} (no {', '.join(missing)}); delete it and rerun")
+    return arrays
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -38,7 +38,7 @@ import torch
 
 from xsae.errors import ConfigError, DataError
 from xsae.features import StreamRef, read_sample_ids
-from xsae.io import atomic_path
+from xsae.io import read_npz, write_npz
 from xsae.metrics.sharedness import (
     MaxCorrelation,
     all_layers_score,
@@ -370,23 +370,17 @@ def encode_layer(weights_path: str | Path, ref: StreamRef, *, input_norm: str, d
 
 
 def write_codes(path: str | Path, layer_codes: LayerCodes) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, values=layer_codes.codes.values.numpy().astype(np.float32),
-                 indices=layer_codes.codes.indices.numpy().astype(np.int64),
-                 n_latents=np.int64(layer_codes.n_latents),
-                 sample_ids=np.array(layer_codes.sample_ids, dtype=str))
+    write_npz(path, values=layer_codes.codes.values.numpy().astype(np.float32),
+              indices=layer_codes.codes.indices.numpy().astype(np.int64),
+              n_latents=np.int64(layer_codes.n_latents),
+              sample_ids=np.array(layer_codes.sample_ids, dtype=str))
 
 
 def read_codes(path: str | Path) -> LayerCodes:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: codes not found; run the sharedness_sae rule for it")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            values, indices = data["values"], data["indices"]
-            n_latents, sample_ids = int(data["n_latents"]), data["sample_ids"].tolist()
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a readable codes file ({exc}); delete it and rerun") from exc
+    data = read_npz(path, "codes file", "run the sharedness_sae rule for it",
+                    required=("values", "indices", "n_latents", "sample_ids"))
+    values, indices = data["values"], data["indices"]
+    n_latents, sample_ids = int(data["n_latents"]), data["sample_ids"].tolist()
     if values.shape != indices.shape or values.ndim != 2 or len(sample_ids) != values.shape[0]:
         raise DataError(f"{path}: values {values.shape}, indices {indices.shape} and {len(sample_ids)} "
                         "sample ids do not match")

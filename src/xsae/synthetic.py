@@ -46,7 +46,7 @@ import scipy.sparse as sp
 
 from xsae.errors import ConfigError, DataError
 from xsae.features import FORMAT_VERSION
-from xsae.io import atomic_path, sha256_file
+from xsae.io import atomic_path, read_npz, sha256_file, write_npz
 
 GROUND_TRUTH_VERSION = 1
 SPLITS = ("train", "eval")
@@ -449,19 +449,11 @@ def write_ground_truth(dataset: SyntheticDataset, path: str | Path) -> None:
             arrays[f"{name}_codes_{modality}_shape"] = np.array(codes.shape)
         arrays[f"{name}_image_scale"] = truth.image_scale
         arrays[f"{name}_text_scale"] = truth.text_scale
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+    write_npz(path, **arrays)
 
 
 def read_ground_truth(path: str | Path) -> GroundTruth:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: synthetic ground-truth file not found; run the synthetic data rule first")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable synthetic ground-truth file ({exc})") from exc
+    arrays = read_npz(path, "synthetic ground-truth file", "run the synthetic data rule first")
     version = int(arrays.get("format_version", -1))
     if version != GROUND_TRUTH_VERSION:
         raise DataError(f"{path}: ground-truth format version {version}, expected {GROUND_TRUTH_VERSION}; "
