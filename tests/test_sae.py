@@ -399,3 +399,12 @@ def test_batchtopk_trains_and_round_trips():
     codes = model.encode([x])[0]
     active = (codes.values > 0).sum(dim=1).float().mean()
     assert 1 <= active <= 16, "about k latents per sample at inference"
+
+
+def test_codes_concatenate_keeps_row_order():
+    first = Codes(torch.tensor([[1.0, 2.0]]), torch.tensor([[0, 3]]))
+    second = Codes(torch.tensor([[3.0, 0.5], [4.0, 1.0]]), torch.tensor([[1, 2], [3, 0]]))
+    joined = Codes.concatenate([first, second])
+    assert joined.values.tolist() == [[1.0, 2.0], [3.0, 0.5], [4.0, 1.0]]
+    assert joined.indices.tolist() == [[0, 3], [1, 2], [3, 0]]
+    assert torch.equal(joined.dense(4), torch.cat([first.dense(4), second.dense(4)]))

@@ -126,8 +126,7 @@ def expand_comparisons(config: dict[str, Any], *, comparisons: Mapping[str, Any]
 
 # ---- evaluation -----------------------------------------------------------------------------------
 def _encode(model: SparseAutoencoder, stream: int, x: torch.Tensor, batch_size: int = 8192) -> Codes:
-    chunks = list(encode_chunks((model, stream), x, batch_size))
-    return Codes(torch.cat([c.values for c in chunks]), torch.cat([c.indices for c in chunks]))
+    return Codes.concatenate(list(encode_chunks((model, stream), x, batch_size)))
 
 
 def _squared_error(model: SparseAutoencoder, stream: int, x: torch.Tensor, codes: Codes) -> float:

@@ -65,7 +65,7 @@ def encode_all(model: SparseAutoencoder, inputs: Sequence[torch.Tensor], topk: s
     for start in range(0, inputs[0].shape[0], batch_size):
         for s, codes in enumerate(model.encode([x[start:start + batch_size] for x in inputs], topk)):
             parts[s].append(codes)
-    return [Codes(torch.cat([c.values for c in p]), torch.cat([c.indices for c in p])) for p in parts]
+    return [Codes.concatenate(p) for p in parts]
 
 
 def _row(metric: str, value: float, *, inference: str = "", stream: str = "", source: str = "",

@@ -95,6 +95,11 @@ class Codes:
         out = self.values.new_zeros(self.values.shape[0], n_latents)
         return out.scatter_add(1, self.indices, self.values)
 
+    @staticmethod
+    def concatenate(parts: Sequence[Codes]) -> Codes:
+        """The rows of several code chunks, in order, as one `Codes`."""
+        return Codes(torch.cat([part.values for part in parts]), torch.cat([part.indices for part in parts]))
+
 
 def decode_sparse(weight: torch.Tensor, codes: Codes) -> torch.Tensor:
     """Σ_i values[b, i] · weight[indices[b, i]]: `[B, d]` without a dense `[B, L]` intermediate."""

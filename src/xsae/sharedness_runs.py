@@ -361,12 +361,11 @@ def encode_layer(weights_path: str | Path, ref: StreamRef, *, input_norm: str, d
 
     (features,), sample_ids = load_streams([ref])
     inputs = normalize_inputs(features, input_norm)
-    values, indices = [], []
-    for start in range(0, inputs.shape[0], batch_size):
+    chunks = []
+    for start in range(0, inputs.shape[0], batch_size):  # inputs stay on the CPU, chunks visit the device
         (codes,) = model.encode([inputs[start:start + batch_size].to(torch_device)])
-        values.append(codes.values.float().cpu())
-        indices.append(codes.indices.cpu())
-    return LayerCodes(Codes(torch.cat(values), torch.cat(indices)), model.config.n_latents, sample_ids)
+        chunks.append(Codes(codes.values.float().cpu(), codes.indices.cpu()))
+    return LayerCodes(Codes.concatenate(chunks), model.config.n_latents, sample_ids)
 
 
 def write_codes(path: str | Path, layer_codes: LayerCodes) -> None:
