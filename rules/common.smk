@@ -14,8 +14,9 @@ from xsae.config import run_seed, sweep_runs, validate  # noqa: E402
 from xsae.comparisons import comparison_runs  # noqa: E402
 from xsae.synthetic_experiments import experiments as synthetic_experiments  # noqa: E402
 from xsae.tables import SPARC_TABLES  # noqa: E402
+from xsae import registry  # noqa: E402
 
-config.update(validate(config, source="config"))
+config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
 
 MANIFEST = "results/manifests/{dataset}/{split}.csv"
 LABELS = "results/manifests/{dataset}/labels.json"
@@ -279,6 +280,34 @@ def synthetic_figure_inputs(wildcards):
             or (wildcards.figure == "lambda" and e.distance == config["synthetic"]["lambda_distance"])]
 
 
+REGISTRY_FILE = str(registry.REGISTRY_PATH)
+#: each file that renders a paper item → that item (config/registry.yaml)
+PAPER_ITEM_OF = registry.item_of_path(config)
+
+
+def registry_outputs():
+    """Every file this config promises for a paper item (the scorecard's inputs)."""
+    return [path for paths in registry.outputs(config).values() for path in paths]
+
+
+def report_category(default):
+    """Report category of a rule's outputs: the paper whose item they render, else `default`."""
+    def category(wildcards, output):
+        section = registry.report_section(PAPER_ITEM_OF, list(output))
+        return section[0] if section else default
+
+    return category
+
+
+def report_subcategory(default):
+    """Report subcategory of a rule's outputs: the paper item's label (Table 3), else `default`."""
+    def subcategory(wildcards, output):
+        section = registry.report_section(PAPER_ITEM_OF, list(output))
+        return section[1] if section else default
+
+    return subcategory
+
+
 def final_outputs():
     # Every dataset's manifests, so that a listed dataset is always downloaded and checked.
     outputs = [MANIFEST.format(dataset=dataset, split=split)
@@ -314,4 +343,6 @@ def final_outputs():
         outputs.append(f"results/figures/dataset_overview_{dataset}.png")
     if config["sharedness"]["models"]:
         outputs += sharedness_outputs()
+    outputs += [f"results/tables/plan.{ext}" for ext in ("csv", "md", "tex")]
+    outputs += ["results/scorecard.md", "results/scorecard.csv"]
     return outputs

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
 from xsae import config
 from xsae.errors import ConfigError
@@ -151,9 +152,9 @@ def test_unknown_nested_key_names_path():
 
 def test_missing_required_key():
     raw = minimal()
-    del raw["features"]
+    del raw["datasets"]["tux"]["kind"]
     msg = error_of(raw)
-    assert "features" in msg
+    assert "datasets.tux: 'kind' is a required property" in msg
 
 
 def test_wrong_type():
@@ -325,3 +326,72 @@ def test_class_prompts_must_describe_a_labelled_dataset():
     assert "openai_imagenet needs classes_of to be an imagenet_val dataset" in error_of(copy.deepcopy(raw))
     raw["datasets"]["prompts"].update(class_names="labels", templates=["no placeholder"])
     assert "datasets.prompts.templates" in error_of(raw)
+
+
+# ---- which files a run reads, and how several merge --------------------------------------------
+def test_merge_follows_snakemakes_update_config():
+    """Several --configfile files merge as Snakemake merges them: mappings key by key, lists and
+    scalars replaced; checked against Snakemake's own function."""
+    from snakemake.utils import update_config
+
+    base = {"a": {"x": 1, "y": [1, 2], "z": {"deep": 1}}, "b": 2, "c": [1]}
+    overlay = {"a": {"y": [3], "z": {"other": 2}}, "c": {"now": "a mapping"}, "d": None}
+    expected = copy.deepcopy(base)
+    update_config(expected, copy.deepcopy(overlay))
+    assert config.merge(base, overlay) == expected
+    assert config.merge(base, overlay)["a"] == {"x": 1, "y": [3], "z": {"deep": 1, "other": 2}}
+    assert base["a"]["y"] == [1, 2]  # inputs untouched
+
+
+def test_no_file_means_the_embedded_default_and_a_file_means_only_that_file():
+    assert config.config_files([]) == [config.DEFAULT_CONFIG_PATH]
+    default = config.load_files([])
+    assert "tuxpaint" in default["datasets"]
+    paper = config.load_files([REPO / "config" / "paper.yaml"])
+    assert "tuxpaint" not in paper["datasets"]
+    assert not any(run["dataset"] == "tuxpaint" for run in paper["sae_runs"].values())
+    assert paper["synthetic"]["generator"] != default["synthetic"]["generator"]
+
+
+def test_files_merge_in_order(tmp_path):
+    overlay = tmp_path / "my.yaml"
+    overlay.write_text("seed: 7\nsae_runs:\n  topk_effnet: {k: 8}\n", encoding="utf-8")
+    merged = config.load_files([REPO / "config" / "config.yaml", overlay])
+    default = config.load_files([])
+    assert merged["seed"] == 7
+    assert merged["sae_runs"]["topk_effnet"]["k"] == 8
+    assert merged["sae_runs"]["topk_effnet"]["n_latents"] == default["sae_runs"]["topk_effnet"]["n_latents"]
+    assert set(merged["sae_runs"]) == set(default["sae_runs"])
+    alone = tmp_path / "alone.yaml"
+    alone.write_text("seed: 7\n", encoding="utf-8")
+    assert config.load_files([alone])["sae_runs"] == {}
+
+
+def test_an_error_names_every_merged_file(tmp_path):
+    overlay = tmp_path / "my.yaml"
+    overlay.write_text("sae_runs:\n  topk_effnet: {k: 100000}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"(?s)config\.yaml \+ .*my\.yaml: inconsistent.*k: 100000 exceeds"):
+        config.load_files([REPO / "config" / "config.yaml", overlay])
+
+
+def test_synthetic_experiments_alone_need_no_datasets(tmp_path):
+    only = tmp_path / "synthetic.yaml"
+    default = config.read_file(REPO / "config" / "config.yaml")
+    only.write_text(yaml.safe_dump({"synthetic": default["synthetic"]}), encoding="utf-8")
+    cfg = config.load_files([only])
+    assert cfg["datasets"] == {} and cfg["encoders"] == {} and cfg["features"] == {}
+    assert cfg["synthetic"]["seeds"] == default["synthetic"]["seeds"]
+
+
+def test_check_config_validates_the_merged_files(tmp_path, capsys):
+    from xsae.cli import main
+
+    overlay = tmp_path / "my.yaml"
+    overlay.write_text("seed: 3\n", encoding="utf-8")
+    assert main(["check-config", str(REPO / "config" / "config.yaml"), str(overlay)]) == 0
+    assert f"config.yaml + {overlay}: valid" in capsys.readouterr().out
+    assert main(["check-config"]) == 0
+    assert f"{config.DEFAULT_CONFIG_PATH}: valid" in capsys.readouterr().out
+    overlay.write_text("seed: -1\n", encoding="utf-8")
+    assert main(["check-config", str(overlay)]) == 2
+    assert "seed" in capsys.readouterr().err

@@ -28,8 +28,17 @@ def _provenance(args: argparse.Namespace) -> int:
 def _check_config(args: argparse.Namespace) -> int:
     from xsae import config
 
-    config.load(args.path)
-    print(f"{args.path}: valid")
+    files = config.config_files(args.paths)
+    config.load_files(files)
+    print(f"{' + '.join(map(str, files))}: valid")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from xsae import plan
+
+    planned = plan.plan_files(args.paths, device=args.device, manifests=args.manifests)
+    sys.stdout.write(plan.render(planned, args.format))
     return 0
 
 
@@ -40,9 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     prov.add_argument("path")
     prov.add_argument("--json", action="store_true", help="the whole tree of records as JSON")
     prov.set_defaults(func=_provenance)
-    check = commands.add_parser("check-config", help="validate a config file against the schema")
-    check.add_argument("path")
+    check = commands.add_parser(
+        "check-config", help="validate what `snakemake --configfile CONFIG...` would run",
+        description="Validate config files merged in order, as `snakemake --configfile` merges "
+                    "them; with none, the embedded default config/config.yaml.")
+    check.add_argument("paths", nargs="*", metavar="CONFIG")
     check.set_defaults(func=_check_config)
+    planner = commands.add_parser(
+        "plan", help="what a run will cost before it is submitted: steps, samples, hours, disk, memory",
+        description="Every training job of the config files (merged in order; none: config/config.yaml) "
+                    "with its optimizer steps and samples seen beside the paper's recipe, and hours, disk "
+                    "and peak memory per stage; jobs short of the paper by more than 2x are flagged.")
+    planner.add_argument("paths", nargs="*", metavar="CONFIG")
+    planner.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
+    planner.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
+                         help="price for GPUs (the cluster profile's) or CPUs; auto: from the config")
+    planner.add_argument("--manifests", default="results/manifests",
+                         help="count samples from manifests found here (default: %(default)s)")
+    planner.set_defaults(func=_plan)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -6,7 +6,7 @@ A bad value fails before any job starts, with the key path and the allowed value
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,10 @@ import yaml
 
 from xsae.errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
+#: The embedded default: what runs when no config file is given.
+DEFAULT_CONFIG_PATH = CONFIG_DIR / "config.yaml"
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -121,8 +124,8 @@ def _validate_synthetic(config: dict[str, Any], validator: Any, source: str) -> 
         raise ConfigError(f"{source}: {exc}") from exc
 
 
-def load(path: str | Path) -> dict[str, Any]:
-    """Load and validate a YAML config file."""
+def read_file(path: str | Path) -> dict[str, Any]:
+    """One YAML config file as written (no defaults), or ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -133,7 +136,39 @@ def load(path: str | Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
-    return validate(raw, source=str(path))
+    return raw
+
+
+def merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """`overlay` deep-merged over `base`, as Snakemake merges several `--configfile`s: mappings
+    merge key by key, any other value (lists included) replaces the one below it."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def config_files(paths: Sequence[str | Path] = ()) -> list[Path]:
+    """The files a run reads: those given, in order, or the embedded default when none is."""
+    return [Path(p) for p in paths] or [DEFAULT_CONFIG_PATH]
+
+
+def load_files(paths: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """What the workflow runs for `snakemake --configfile A B ...`: the files merged in order, then
+    validated with the schema's defaults; the embedded default only when no file is given."""
+    files = config_files(paths)
+    merged: dict[str, Any] = {}
+    for path in files:
+        merged = merge(merged, read_file(path))
+    return validate(merged, source=" + ".join(str(p) for p in files))
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Load and validate one YAML config file."""
+    return load_files([path])
 
 
 def check_references(config: Mapping[str, Any], *, source: str = "config") -> None:
