@@ -59,8 +59,8 @@ rule table_comparison:
         csv=report(
             "results/tables/comparison_{comparison}.csv",
             caption="../workflow/report/table_comparison.rst",
-            category="Tables",
-            subcategory="Heterogeneity: method comparison",
+            category=report_category("Tables"),
+            subcategory=report_subcategory("Heterogeneity: method comparison"),
         ),
         md="results/tables/comparison_{comparison}.md",
         tex="results/tables/comparison_{comparison}.tex",
@@ -83,8 +83,8 @@ rule figure_steering:
         png=report(
             "results/figures/steering_{comparison}.png",
             caption="../workflow/report/figure_steering.rst",
-            category="Figures",
-            subcategory="Heterogeneity: method comparison",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("Heterogeneity: method comparison"),
         ),
         pdf="results/figures/steering_{comparison}.pdf",
         csv="results/tables/steering_{comparison}.csv",
@@ -106,8 +106,8 @@ rule figure_monosemanticity:
         png=report(
             "results/figures/monosemanticity_{comparison}.png",
             caption="../workflow/report/figure_monosemanticity.rst",
-            category="Figures",
-            subcategory="Heterogeneity: method comparison",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("Heterogeneity: method comparison"),
         ),
         pdf="results/figures/monosemanticity_{comparison}.pdf",
     params:
@@ -150,8 +150,8 @@ rule figure_decoder_directions:
         png=report(
             "results/figures/decoder_directions_{figure}.png",
             caption="../workflow/report/figure_decoder_directions.rst",
-            category="Figures",
-            subcategory="Heterogeneity: decoder directions",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("Heterogeneity: decoder directions"),
         ),
         pdf="results/figures/decoder_directions_{figure}.pdf",
     params:

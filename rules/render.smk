@@ -76,8 +76,8 @@ rule table_sparc:
         csv=report(
             "results/tables/sparc_{set}_{table}.csv",
             caption="../workflow/report/table_sparc.rst",
-            category="Tables",
-            subcategory="SPARC",
+            category=report_category("Tables"),
+            subcategory=report_subcategory("SPARC"),
         ),
         md="results/tables/sparc_{set}_{table}.md",
         tex="results/tables/sparc_{set}_{table}.tex",
@@ -100,8 +100,8 @@ rule figure_sweep:
         png=report(
             "results/figures/sweep_{sweep}.png",
             caption="../workflow/report/figure_sweep.rst",
-            category="Figures",
-            subcategory="SPARC sweeps",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("SPARC sweeps"),
         ),
         pdf="results/figures/sweep_{sweep}.pdf",
         csv="results/tables/sweep_{sweep}.csv",
@@ -125,8 +125,8 @@ rule figure_top_activations:
         png=report(
             "results/figures/top_activations_{run}.png",
             caption="../workflow/report/figure_top_activations.rst",
-            category="Figures",
-            subcategory="SPARC latents",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("SPARC latents"),
         ),
         pdf="results/figures/top_activations_{run}.pdf",
     params:

@@ -89,8 +89,8 @@ rule sharedness_table:
         csv=report(
             "results/tables/sharedness_{table}.csv",
             caption="../workflow/report/sharedness_table.rst",
-            category="Tables",
-            subcategory="Sharedness",
+            category=report_category("Tables"),
+            subcategory=report_subcategory("Sharedness"),
         ),
         md="results/tables/sharedness_{table}.md",
         tex="results/tables/sharedness_{table}.tex",
@@ -116,8 +116,8 @@ rule sharedness_average:
         csv=report(
             "results/tables/sharedness_{table}.csv",
             caption="../workflow/report/sharedness_average.rst",
-            category="Tables",
-            subcategory="Sharedness",
+            category=report_category("Tables"),
+            subcategory=report_subcategory("Sharedness"),
         ),
         md="results/tables/sharedness_{table}.md",
         tex="results/tables/sharedness_{table}.tex",
@@ -142,8 +142,8 @@ rule sharedness_layerwise:
         png=report(
             "results/figures/sharedness_layerwise_{name}.png",
             caption="../workflow/report/sharedness_layerwise.rst",
-            category="Figures",
-            subcategory="Sharedness",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("Sharedness"),
         ),
         pdf="results/figures/sharedness_layerwise_{name}.pdf",
         csv="results/tables/sharedness_layerwise_{name}.csv",
@@ -194,8 +194,8 @@ rule sharedness_comparative_figure:
         png=report(
             "results/figures/sharedness_comparative_{name}.png",
             caption="../workflow/report/sharedness_comparative.rst",
-            category="Figures",
-            subcategory="Sharedness",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("Sharedness"),
         ),
         pdf="results/figures/sharedness_comparative_{name}.pdf",
     params:
@@ -243,8 +243,8 @@ rule sharedness_shuffle_table:
         csv=report(
             "results/tables/sharedness_shuffle_{name}.csv",
             caption="../workflow/report/sharedness_shuffle.rst",
-            category="Tables",
-            subcategory="Sharedness",
+            category=report_category("Tables"),
+            subcategory=report_subcategory("Sharedness"),
         ),
         md="results/tables/sharedness_shuffle_{name}.md",
         tex="results/tables/sharedness_shuffle_{name}.tex",

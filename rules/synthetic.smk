@@ -51,8 +51,8 @@ rule figure_synthetic:
         png=report(
             "results/figures/synthetic_{figure}.png",
             caption="../workflow/report/figure_synthetic.rst",
-            category="Figures",
-            subcategory="Heterogeneity: synthetic",
+            category=report_category("Figures"),
+            subcategory=report_subcategory("Heterogeneity: synthetic"),
         ),
         pdf="results/figures/synthetic_{figure}.pdf",
         csv="results/tables/synthetic_{figure}.csv",
