@@ -71,7 +71,7 @@ def test_default_dag_has_every_stage(tmp_path):
         "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1, "sharedness_pair": 5,
         "sharedness_table": 2, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 1, "sharedness_comparative_figure": 1, "sharedness_shuffle": 1,
-        "sharedness_shuffle_table": 1, "scorecard": 1,
+        "sharedness_shuffle_table": 1, "scorecard": 1, "plan_table": 1,
     }
 
 
@@ -112,7 +112,7 @@ def test_paper_dag_builds(tmp_path):
         "sharedness_sae": sharedness_saes, "sharedness_saes_table": 1, "sharedness_pair": 182 + 10,
         "sharedness_table": 2 + 20, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 4, "sharedness_comparative_figure": 4, "sharedness_shuffle": 1,
-        "sharedness_shuffle_table": 1, "scorecard": 1,
+        "sharedness_shuffle_table": 1, "scorecard": 1, "plan_table": 1,
     }
     dry = snakemake(tmp_path, "--dry-run", configfile=REPO / "config" / "paper.yaml").stdout
     blocks = [block for block in dry.split("\n\n") if "rule extract_features:" in block]
@@ -262,7 +262,7 @@ def test_changing_one_sae_parameter_reruns_only_what_depends_on_it(finished_run)
     changed = write_config(config, workdir / "changed.yaml")
     assert planned_jobs(workdir, changed) == {
         "train_sae": 1, "evaluate_reconstruction": 1, "figure_training": 1,
-        "table_reconstruction": 1, "all": 1,
+        "table_reconstruction": 1, "plan_table": 1, "all": 1,
     }
     dry = snakemake(workdir, "--dry-run", configfile=changed).stdout
     assert "wildcards: run=topk_minilm" not in dry
@@ -272,5 +272,5 @@ def test_changing_one_sae_parameter_reruns_only_what_depends_on_it(finished_run)
     changed = write_config(config, workdir / "changed_sparc.yaml")
     assert planned_jobs(workdir, changed) == {
         "train_sae": 1, "evaluate_reconstruction": 1, "figure_training": 1, "evaluate_sparc": 1,
-        "table_sparc": 5, "figure_top_activations": 1, "scorecard": 1, "all": 1,
+        "table_sparc": 5, "figure_top_activations": 1, "scorecard": 1, "plan_table": 1, "all": 1,
     }
