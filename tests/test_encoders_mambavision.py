@@ -1,6 +1,7 @@
 """MambaVision (`xsae.encoders.mambavision`) on TINY RANDOMLY INITIALISED networks.
 
-The published checkpoints are not used (no internet here). The selective scan is checked against
+The published checkpoints are not used (no internet here); checkpoint folders are written by the
+tiny-model builders of `xsae.rehearsal.encoders`. The selective scan is checked against
 hand-computed values; the whole network against the authors' pip package `mambavision` (installed
 without its pinned dependencies by `make setup`), whose CUDA-only scan import is replaced by a
 plain recurrence written in this file; the loader through a checkpoint folder in the hub's layout.
@@ -20,12 +21,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from xsae.encoders import EncoderSpec, load_encoder
 from xsae.encoders.mambavision import (
-    MambaVisionArch,
-    MambaVisionBackbone,
     attention_blocks,
     backbone_state,
     from_windows,
@@ -34,6 +32,7 @@ from xsae.encoders.mambavision import (
     to_windows,
 )
 from xsae.errors import ConfigError, DownloadError
+from xsae.rehearsal.encoders import build_mambavision, save_mambavision
 
 pytestmark = pytest.mark.random_weights
 
@@ -150,12 +149,8 @@ def _randomised_reference(module, window_size, seed=0):
 def _checkpoint(folder: Path, model, window_size, **config) -> Path:
     """A checkpoint folder in the hub's layout: config.json and model.safetensors, keys under
     `model.`, classifier head included."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**TINY, "window_size": window_size,
-                                                    "model_type": "mambavision", **config}))
-    return folder
+    return save_mambavision(folder, model, {**TINY, "window_size": window_size, "model_type": "mambavision",
+                                            **config})
 
 
 @pytest.mark.parametrize("window_size", [[8, 8, 3, 2], [8, 8, 4, 2]], ids=["padded", "whole-windows"])
@@ -196,20 +191,9 @@ def test_backbone_state_strips_prefixes_and_head():
 def tiny_checkpoint(tmp_path) -> Path:
     """A checkpoint folder of our own network (no reference package needed), BatchNorm statistics
     randomised so that the final norm is not the identity."""
-    torch.manual_seed(0)
-    arch = MambaVisionArch.from_config({**TINY, "window_size": [8, 8, 4, 2]}, "test")
-    model = MambaVisionBackbone(MambaVisionArch(**{**arch.__dict__, "layer_scale": True}))
-    with torch.no_grad():
-        model.norm.running_mean.normal_()
-        model.norm.running_var.uniform_(0.5, 2.0)
-        model.norm.weight.normal_()
-    folder = tmp_path / "MambaVision-tiny"
-    folder.mkdir()
-    save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**TINY, "window_size": [8, 8, 4, 2],
-                                                    "crop_pct": 0.875, "resolution": 112}))
-    return folder
+    return build_mambavision(tmp_path / "MambaVision-tiny",
+                             {**TINY, "window_size": [8, 8, 4, 2], "crop_pct": 0.875, "resolution": 112},
+                             seed=0, layer_scale=True, random_norm=True)
 
 
 class _Pickled:

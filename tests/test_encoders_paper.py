@@ -1,17 +1,16 @@
 """The paper loaders (`xsae.encoders.paper`) on TINY RANDOMLY INITIALISED architectures.
 
 No real weights are used (there is no internet here): each test builds a few-thousand-parameter
-model of the right architecture offline (open_clip config, transformers configs, tiny tokenizers),
-saves it to a temporary folder and loads it through the real loader by pointing `model` at that
-folder. What is checked is the loader's wiring: pooled outputs equal a direct call of the
-library's own API, layer tokens equal the library's hidden states at the chosen token, options
-and errors behave. Whether the real checkpoints load is not checked here.
+model of the right architecture offline with the builders of `xsae.rehearsal.encoders` (open_clip
+config, transformers configs, tiny tokenizers), saves it to a temporary folder and loads it through
+the real loader by pointing `model` at that folder. What is checked is the loader's wiring: pooled
+outputs equal a direct call of the library's own API, layer tokens equal the library's hidden states
+at the chosen token, options and errors behave. Whether the real checkpoints load is not checked here.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +20,23 @@ from PIL import Image
 
 from xsae.encoders import EncoderSpec, load_encoder
 from xsae.errors import ConfigError, DownloadError
+from xsae.rehearsal.encoders import (
+    build_bert,
+    build_deberta,
+    build_dinov2,
+    build_open_clip,
+    build_sentence_transformer,
+    build_siglip2_naflex,
+    build_swin,
+    build_vit,
+    char_tokenizer,
+    open_clip_config,
+)
 
 pytestmark = pytest.mark.random_weights
 
 WIDTH, EMBED = 32, 16
 CAPTIONS = ["a cat on a mat", "two dogs"]
-WORDS = ["a", "cat", "on", "mat", "two", "dogs", "dog", "query", ":", "x", "the"]
 
 
 def _images() -> list[Image.Image]:
@@ -42,121 +52,46 @@ def _spec(loader: str, model: str, pretrained: str | None = None, **options) -> 
                        options=options)
 
 
-def _tiny_char_tokenizer():
-    """Character-level, case-sensitive, <pad> = 0 (like Gemma's, which does not lowercase)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ "
-    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
-    vocab.update({c: len(vocab) + i for i, c in enumerate(chars)})
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                   bos_token="<bos>", unk_token="<unk>")
-
-
-def _tiny_bert_tokenizer(folder: Path):
-    from transformers import BertTokenizer
-
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    return BertTokenizer(vocab_file=str(vocab))
-
-
-# ---- tiny random models, built once per module ---------------------------------------------------
+# ---- tiny random models (built by xsae.rehearsal.encoders), once per module ---------------------
 
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> tuple[str, str]:
-    """A registered tiny open_clip config (ViT, patch 32 on 224 px) and a random checkpoint file."""
+    """A registered tiny open_clip config (ViT-B-32's shape: patch 32 on 224 px) and its random
+    checkpoint file."""
     import open_clip
 
-    folder = tmp_path_factory.mktemp("clip")
+    config = open_clip_config("ViT-B-32", width=WIDTH, layers=2, embed_dim=EMBED)
+    folder = build_open_clip(tmp_path_factory.mktemp("clip"), config, seed=0)
     name = "xsae-test-tiny-random-clip"
-    config = {"embed_dim": EMBED,
-              "vision_cfg": {"image_size": 224, "layers": 2, "width": WIDTH, "patch_size": 32,
-                             "head_width": 16},
-              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": WIDTH, "heads": 2,
-                           "layers": 2}}
-    (folder / f"{name}.json").write_text(json.dumps(config))
+    (folder / f"{name}.json").write_text(json.dumps(config["model_cfg"]))
     open_clip.add_model_config(folder / f"{name}.json")
-    torch.manual_seed(0)
-    model = open_clip.create_model(name, pretrained=None)
-    weights = folder / "random.pt"
-    torch.save(model.state_dict(), weights)
-    return name, str(weights)
-
-
-def _save_hf(folder: Path, model, *extras) -> str:
-    model.save_pretrained(folder)
-    for extra in extras:
-        extra.save_pretrained(folder)
-    return str(folder)
-
-
-VIT_KW = dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    return name, str(folder / "open_clip_model.safetensors")
 
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory) -> dict[str, str]:
     """Folders holding tiny random DINOv2-with-registers, ViT, Swin, SigLIP2, BERT and DeBERTa."""
-    from transformers import (
-        BertConfig,
-        BertModel,
-        DebertaV2Config,
-        DebertaV2Model,
-        Dinov2WithRegistersConfig,
-        Dinov2WithRegistersModel,
-        Siglip2Config,
-        Siglip2ImageProcessor,
-        Siglip2Model,
-        Siglip2Processor,
-        SwinConfig,
-        SwinModel,
-        ViTConfig,
-        ViTModel,
-    )
-
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("hf")
-    folders = {}
-    folders["dinov2"] = _save_hf(root / "dinov2", Dinov2WithRegistersModel(
-        Dinov2WithRegistersConfig(**VIT_KW, image_size=224, patch_size=16, num_register_tokens=4)))
-    folders["vit"] = _save_hf(root / "vit", ViTModel(
-        ViTConfig(**VIT_KW, image_size=224, patch_size=32)))
-    folders["swin"] = _save_hf(root / "swin", SwinModel(
-        SwinConfig(image_size=224, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
-                   window_size=7)))
-
-    processor = Siglip2Processor(image_processor=Siglip2ImageProcessor(max_num_patches=64),
-                                 tokenizer=_tiny_char_tokenizer())
-    siglip = Siglip2Model(Siglip2Config(
-        text_config={**VIT_KW, "vocab_size": 64, "max_position_embeddings": 64,
-                     "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 1},
-        vision_config={**VIT_KW, "patch_size": 16, "num_patches": 64}))
-    folders["siglip2"] = _save_hf(root / "siglip2", siglip, processor)
-
-    (root / "bert").mkdir()
-    tokenizer = _tiny_bert_tokenizer(root / "bert")
-    text_kw = dict(VIT_KW, vocab_size=len(tokenizer), max_position_embeddings=64)
-    folders["bert"] = _save_hf(root / "bert", BertModel(BertConfig(**text_kw)), tokenizer)
-    folders["deberta"] = _save_hf(root / "deberta", DebertaV2Model(DebertaV2Config(**text_kw)),
-                                  tokenizer)
-    return folders
+    folders = {
+        "dinov2": build_dinov2(root / "dinov2", registers=True, width=WIDTH, layers=2, patch_size=16,
+                               seed=0),
+        "vit": build_vit(root / "vit", width=WIDTH, layers=2, patch_size=32, seed=0),
+        "swin": build_swin(root / "swin", embed_dim=8, depths=[1, 1], num_heads=[1, 2], window_size=7,
+                           seed=0),
+        "siglip2": build_siglip2_naflex(root / "siglip2", width=WIDTH, layers=2, patch_size=16,
+                                        max_num_patches=64, seed=0),
+        "bert": build_bert(root / "bert", width=WIDTH, layers=2, seed=0),
+        "deberta": build_deberta(root / "deberta", width=WIDTH, layers=2, seed=0),
+    }
+    return {kind: str(folder) for kind, folder in folders.items()}
 
 
 @pytest.fixture(scope="module")
 def tiny_sentence_transformer(tiny_hf, tmp_path_factory) -> str:
     """A SentenceTransformer (tiny random BERT + mean pooling) saved to a folder."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
     folder = tmp_path_factory.mktemp("st") / "model"
-    model = SentenceTransformer(modules=[Transformer(tiny_hf["bert"]),
-                                         Pooling(WIDTH, pooling_mode="mean")])
-    model.save(str(folder))
-    return str(folder)
+    return str(build_sentence_transformer(folder, tiny_hf["bert"], pooling="mean"))
 
 
 def _hidden(model, **inputs) -> tuple[torch.Tensor, ...]:
@@ -320,7 +255,7 @@ def test_siglip2_random_weights_features_match_processor_and_model_api(tiny_hf):
 
     # transformers 5 loads any siglip2 folder with Siglip2Tokenizer, which lowercases by itself;
     # a case-sensitive tokenizer (as Gemma's is) shows that the loader lowercases the captions.
-    tokenizer = encoder.processor.tokenizer = _tiny_char_tokenizer()
+    tokenizer = encoder.processor.tokenizer = char_tokenizer()
     text = encoder.encode("text", ["A CAT", "Two Dogs"], layers=True)
 
     def tokenize(captions):
