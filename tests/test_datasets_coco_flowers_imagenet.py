@@ -3,51 +3,34 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import scipy.io
 from http_fixtures import loopback_server
-from PIL import Image
 
 from xsae.datasets import coco, flowers, imagenet, manifest
 from xsae.datasets.sources import source_for
 from xsae.errors import ConfigError, DataError, DownloadError
+from xsae.rehearsal.datasets import (
+    archive_sources,
+    coco_archives,
+    flowers_files,
+    imagenet_meta_mat,
+    imagenet_val_files,
+    solid_image,
+    tar_bytes,
+    write_files,
+)
 
 
 def _jpeg(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), ((40 * seed) % 256, 90, 200)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def _tar(members: dict[str, bytes], mode: str = "w:gz") -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode=mode) as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return solid_image(((40 * seed) % 256, 90, 200))
 
 
 def _sources(module_sources: dict, bodies: dict[str, bytes]) -> dict:
-    """The module's sources with the fixture sizes and no checksums (the fixtures are not the real files)."""
-    return {key: {**source, "size": len(bodies[source["file"]]), "md5": None}
-            for key, source in module_sources.items()}
+    """The module's sources with the fixture's sizes and checksums (the fixtures are not the real files)."""
+    return archive_sources(module_sources, bodies)
 
 
 # -------------------------------------------------------------------------------------------- COCO
@@ -87,20 +70,15 @@ def _coco_bodies() -> dict[str, bytes]:
     instances_val = {"images": images([10]), "categories": CATEGORIES, "annotations": [
         {"id": 200, "image_id": 10, "category_id": 17, "bbox": [0, 0, 1, 1], "segmentation": polygon,
          "area": 1.0, "iscrowd": 0}]}
-    annotations = {f"annotations/{name}.json": json.dumps(data).encode() for name, data in (
-        ("captions_train2017", captions_train), ("instances_train2017", instances_train),
-        ("captions_val2017", captions_val), ("instances_val2017", instances_val))}
-    return {
-        "train2017.zip": _zip({f"train2017/{i:012d}.jpg": _jpeg(i) for i in (1, 2, 3)}),
-        "val2017.zip": _zip({"val2017/000000000010.jpg": _jpeg(10)}),
-        "annotations_trainval2017.zip": _zip(annotations),
-    }
+    annotations = {"captions_train2017": captions_train, "instances_train2017": instances_train,
+                   "captions_val2017": captions_val, "instances_val2017": instances_val}
+    images = {"train2017": {f"{i:012d}.jpg": _jpeg(i) for i in (1, 2, 3)},
+              "val2017": {"000000000010.jpg": _jpeg(10)}}
+    return coco_archives(images, annotations)
 
 
 def _serve(server, prefix: str, bodies: dict[str, bytes]) -> str:
-    for name, body in bodies.items():
-        server.add(f"{prefix}/{name}", body)
-    return server.url(prefix)
+    return server.publish(prefix, bodies)
 
 
 def test_coco_download_samples_hierarchy_and_instances(tmp_path):
@@ -216,24 +194,11 @@ FLOWER_LABELS = [77, 77, 1, 1, 102, 2, 2, 77]  # image i+1 → class
 
 
 def _flowers_bodies(captions_body: bytes | None = None) -> dict[str, bytes]:
-    def mat(**arrays) -> bytes:
-        buffer = io.BytesIO()
-        scipy.io.savemat(buffer, arrays)
-        return buffer.getvalue()
-
-    texts = {
-        f"cvpr2016_flowers/text_c10/class_{label:05d}/image_{i:05d}.txt":
-            "".join(f"caption {k} of flower {i}\n" for k in range(1, 11)).encode()
-        for i, label in enumerate(FLOWER_LABELS, start=1)
-    }
-    texts["cvpr2016_flowers/trainclasses.txt"] = b"class_00001\n"
-    return {
-        "102flowers.tgz": _tar({f"jpg/image_{i:05d}.jpg": _jpeg(i) for i in range(1, 9)}),
-        "imagelabels.mat": mat(labels=np.array([FLOWER_LABELS], dtype=np.uint8)),
-        "setid.mat": mat(trnid=np.array([[3, 1]], dtype=np.uint16), valid=np.array([[6]], dtype=np.uint16),
-                         tstid=np.array([[2, 4, 5, 7, 8]], dtype=np.uint16)),
-        "cvpr2016_flowers.tar.gz": captions_body if captions_body is not None else _tar(texts),
-    }
+    captions = {i: [f"caption {k} of flower {i}" for k in range(1, 11)] for i in range(1, 9)}
+    return flowers_files({i: _jpeg(i) for i in range(1, 9)}, FLOWER_LABELS,
+                         {"trnid": [3, 1], "valid": [6], "tstid": [2, 4, 5, 7, 8]}, captions,
+                         extra_caption_files={"trainclasses.txt": b"class_00001\n"},
+                         captions_body=captions_body)
 
 
 def test_flowers_splits_captions_and_labels(tmp_path):
@@ -320,15 +285,7 @@ TRUTH = [1, 2, 3, 1, 2]
 
 
 def _meta_mat() -> bytes:
-    dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("gloss", "O"),
-             ("num_children", "O"), ("children", "O"), ("wordnet_height", "O"), ("num_train_images", "O")]
-    synsets = np.zeros((len(SYNSETS), 1), dtype=dtype)
-    for row, (ident, wnid, words, children) in enumerate(SYNSETS):
-        synsets[row, 0] = (ident, wnid, words, "a gloss", children,
-                           np.array([1, 2, 3]) if children else np.zeros((1, 0)), 0, 1300)
-    buffer = io.BytesIO()
-    scipy.io.savemat(buffer, {"synsets": synsets})
-    return buffer.getvalue()
+    return imagenet_meta_mat(SYNSETS)
 
 
 def _val_images() -> dict[str, bytes]:
@@ -336,12 +293,7 @@ def _val_images() -> dict[str, bytes]:
 
 
 def _devkit_folder(folder: Path) -> Path:
-    (folder / "val").mkdir(parents=True)
-    for name, data in _val_images().items():
-        (folder / "val" / name).write_bytes(data)
-    (folder / "data").mkdir()
-    (folder / "data" / "meta.mat").write_bytes(_meta_mat())
-    (folder / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{v}\n" for v in TRUTH))
+    write_files(folder, imagenet_val_files(list(_val_images().values()), TRUTH, SYNSETS, devkit="data"))
     return folder
 
 
@@ -406,8 +358,8 @@ def test_imagenet_kaggle_layout_and_archives(tmp_path):
 
     archives = tmp_path / "archives"  # the two files as downloaded from image-net.org
     archives.mkdir()
-    (archives / "ILSVRC2012_img_val.tar").write_bytes(_tar(_val_images(), mode="w"))
-    (archives / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(_tar({
+    (archives / "ILSVRC2012_img_val.tar").write_bytes(tar_bytes(_val_images(), mode="w"))
+    (archives / "ILSVRC2012_devkit_t12.tar.gz").write_bytes(tar_bytes({
         "ILSVRC2012_devkit_t12/data/meta.mat": _meta_mat(),
         "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt":
             "".join(f"{v}\n" for v in TRUTH).encode()}))

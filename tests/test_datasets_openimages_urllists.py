@@ -7,9 +7,6 @@ pyarrow is not installed in this environment, so the Parquet path is tested only
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import signal
 from pathlib import Path
 
@@ -20,6 +17,14 @@ from PIL import Image
 
 from xsae.datasets import openimages, urllists
 from xsae.download import DownloadReport
+from xsae.rehearsal.datasets import (
+    cc3m_tsv,
+    csv_bytes,
+    laion_parquet,
+    narratives_jsonl,
+    open_images_files,
+    solid_image,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -46,23 +51,11 @@ def server():
 
 
 def jpeg(color: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 6), color).save(buffer, format="JPEG")
-    return buffer.getvalue()
+    return solid_image(color, (8, 6))
 
 
 def png(color: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (5, 7), color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def csv_bytes(header: list[str], rows: list[list]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
+    return solid_image(color, (5, 7), "PNG")
 
 
 # ----------------------------------------------------------------------------------- Open Images
@@ -111,42 +104,20 @@ LABELS_TEST = [  # ImageID, Source, LabelName, Confidence
 ]
 
 
-def narratives_jsonl(entries: list[tuple[str, str]], dataset_id: str) -> bytes:
-    lines = [json.dumps({"dataset_id": dataset_id, "image_id": image_id, "annotator_id": 90 + i,
-                         "caption": caption}) for i, (image_id, caption) in enumerate(entries)]
-    return ("\n".join(lines) + "\n").encode()
-
-
-def image_list(ids: list[str], subset: str) -> bytes:
-    header = ["ImageID", "Subset", "OriginalURL", "OriginalLandingURL", "License", "AuthorProfileURL",
-              "Author", "Title", "OriginalSize", "OriginalMD5", "Thumbnail300KURL", "Rotation"]
-    rows = [[i, subset, f"https://farm.example/{i}.jpg", "", "https://creativecommons.org/licenses/by/2.0/",
-             "", "someone", "a title", "123", "md5==", "", "0.0"] for i in ids]
-    return csv_bytes(header, rows)
-
-
 COLORS = {A: (200, 10, 10), B: (10, 200, 10), C: (10, 10, 200), E: (90, 90, 90),
           TRAIN_1: (1, 2, 3), TRAIN_2: (50, 60, 70)}
 
 
 def serve_open_images(server) -> str:
-    files = {
-        "classes": csv_bytes(["LabelName", "DisplayName"], [list(c) for c in CLASSES]),
-        "hierarchy": json.dumps(HIERARCHY).encode(),
-        "test.image_list": image_list([C, A, E, D, B], "test"),
-        "test.labels": csv_bytes(["ImageID", "Source", "LabelName", "Confidence"],
-                                 [list(r) for r in LABELS_TEST]),
-        "test.narratives": narratives_jsonl(NARRATIVES_TEST, "open_images_test"),
-        "train.image_list": image_list([TRAIN_2, TRAIN_1], "train"),
-        "train.labels": csv_bytes(["ImageID", "Source", "LabelName", "Confidence"],
-                                  [[TRAIN_1, "verification", "/m/0k4j", 1]]),
-        "train.narratives": narratives_jsonl([(TRAIN_1, "A red car."), (TRAIN_2, "Two trees.")],
-                                             "open_images_train"),
+    splits = {
+        "test": {"image_ids": [C, A, E, D, B], "labels": LABELS_TEST, "narratives": NARRATIVES_TEST,
+                 "dataset_id": "open_images_test"},
+        "train": {"image_ids": [TRAIN_2, TRAIN_1], "labels": [(TRAIN_1, "verification", "/m/0k4j", 1)],
+                  "narratives": [(TRAIN_1, "A red car."), (TRAIN_2, "Two trees.")],
+                  "dataset_id": "open_images_train"},
     }
-    for key, body in files.items():
-        split, _, kind = key.rpartition(".")
-        source = openimages.SOURCES[split][kind] if split else openimages.SOURCES[kind]
-        server.add(f"/{source['file']}", body)
+    for name, body in open_images_files(CLASSES, HIERARCHY, splits).items():
+        server.add(f"/{name}", body)
     for image_id, color in COLORS.items():
         split = "train" if image_id in (TRAIN_1, TRAIN_2) else "test"
         server.add(f"/{split}/{image_id}.jpg", jpeg(color))
@@ -279,8 +250,7 @@ def serve_cc3m(server) -> tuple[str, list[tuple[str, str]]]:
     ]
     test = [("test one", server.url("/img/t1.jpg")), ("test two", server.url("/img/t2.jpg"))]
     for split, rows in (("train", train), ("test", test)):
-        body = "".join(f"{caption}\t{url}\n" for caption, url in rows).encode()
-        server.add(f"/{urllists.SOURCES['cc3m']['lists'][split]['file']}", body)
+        server.add(f"/{urllists.SOURCES['cc3m']['lists'][split]['file']}", cc3m_tsv(rows))
     return server.url(""), train
 
 
@@ -402,9 +372,8 @@ def test_laion_subset_from_a_csv_list(server, tmp_path):
 def test_laion_subset_from_parquet(server, tmp_path):
     pytest.importorskip("pyarrow", reason="pyarrow is not installed; the CSV test covers the same path")
     rows = laion_rows(server)
-    buffer = io.BytesIO()
-    pd.DataFrame(rows, columns=LAION_HEADER).to_parquet(buffer)
-    server.add(f"/{urllists.SOURCES['laion_subset']['lists']['all']['file']}", buffer.getvalue())
+    name = urllists.SOURCES["laion_subset"]["lists"]["all"]["file"]
+    server.add(f"/{name}", laion_parquet(rows, LAION_HEADER))
     root = tmp_path / "laion"
     record = urllists.download(root, dataset="laion_subset", base_url=server.url(""), workers=3,
                                progress=False, test_fraction=0.5)

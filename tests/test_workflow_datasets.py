@@ -27,7 +27,6 @@ from test_datasets_openimages_urllists import (
     B,
     C,
     D,
-    csv_bytes,
     image_requests,
     laion_rows,
     serve_cc3m,
@@ -38,6 +37,7 @@ from test_workflow import snakemake
 from xsae.datasets import coco, flowers
 from xsae.datasets.manifest import read_manifest
 from xsae.download import DownloadReport
+from xsae.rehearsal.datasets import csv_bytes
 
 
 def coco_config(base_url: str, bodies: dict[str, bytes]) -> dict:
