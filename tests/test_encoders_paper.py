@@ -167,6 +167,10 @@ def test_open_clip_random_weights_config_errors(tiny_clip):
         load_encoder(_spec("open_clip", "ViT-Nope"))
     with pytest.raises(ConfigError, match=r"encoders\.tiny\.pretrained: 'no-such-tag'"):
         load_encoder(_spec("open_clip", name, "no-such-tag"))
+    # OpenAI's weights in a GELU network: refused before anything is downloaded
+    with pytest.raises(ConfigError, match=r"encoders\.tiny\.model: the 'openai' weights were trained "
+                                          r"with QuickGELU; use ViT-B-32-quickgelu"):
+        load_encoder(_spec("open_clip", "ViT-B-32", "openai"))
 
 
 # ---- Hugging Face vision -------------------------------------------------------------------------

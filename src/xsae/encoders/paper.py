@@ -173,6 +173,11 @@ class OpenCLIP(Encoder):
         if pretrained and not hub and pretrained not in tags and not os.path.isfile(pretrained):
             raise ConfigError(f"encoders.{spec.name}.pretrained: {pretrained!r} is neither a "
                               f"pretrained tag of {name} ({', '.join(tags) or 'none'}) nor a file")
+        if (pretrained in tags and "quickgelu" not in name
+                and open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu")):
+            # open_clip would load QuickGELU-trained weights into a GELU network, with a warning only
+            raise ConfigError(f"encoders.{spec.name}.model: the {pretrained!r} weights were trained with "
+                              f"QuickGELU; use {name}-quickgelu")
         self.model, _, self._model_transform = _fetch(
             spec, open_clip.create_model_and_transforms, name, pretrained=pretrained,
             errors=(OSError, RuntimeError))
