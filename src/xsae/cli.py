@@ -42,6 +42,19 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rehearsal(args: argparse.Namespace) -> int:
+    import logging
+
+    from xsae.rehearsal.run import rehearse
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    result = rehearse(args.config, args.root, cores=args.cores, port=args.port,
+                      snakemake_args=args.snakemake_args)
+    print(f"rehearsal config: {result.config_path}\nresults: {result.workdir / 'results'}\n"
+          f"snakemake exit status {result.returncode} after {result.seconds:.0f} s")
+    return result.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xsae", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,7 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     planner.add_argument("--manifests", default="results/manifests",
                          help="count samples from manifests found here (default: %(default)s)")
     planner.set_defaults(func=_plan)
-    args = parser.parse_args(argv)
+    rehearsal = commands.add_parser(
+        "rehearsal", help="run the paper DAG at miniature scale, offline, on loopback data",
+        description="Transform a paper config into its rehearsal (every run, table and figure kept; "
+                    "datasets served from 127.0.0.1 as miniatures in their published formats; "
+                    "encoders replaced by tiny random models of the same architecture; SAEs, seeds "
+                    "and sweeps shrunk), write ROOT/config.yaml and run the DAG in ROOT/work. "
+                    "Arguments after `--` go to snakemake (e.g. `-- -n`).")
+    rehearsal.add_argument("config", nargs="?", default="config/paper.yaml")
+    rehearsal.add_argument("--root", default="rehearsal", help="where everything goes (default: %(default)s)")
+    rehearsal.add_argument("--cores", type=int, default=2)
+    rehearsal.add_argument("--port", type=int, default=8765,
+                           help="loopback port of the miniatures (their URL lists name it)")
+    rehearsal.set_defaults(func=_rehearsal)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `xsae rehearsal ... -- <snakemake arguments>`
+    passed = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.snakemake_args = passed
     try:
         return args.func(args)
     except XsaeError as exc:

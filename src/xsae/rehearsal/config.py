@@ -1,0 +1,166 @@
+"""The rehearsal config: `config/paper.yaml` with every rule, run, method, sweep, table and figure
+kept and only scale changed, so that the whole paper DAG runs offline on two CPU cores.
+
+What changes, and nothing else (each a rule of `SCALE` or a function below):
+- datasets → miniatures in the published file formats, served from loopback
+  (`xsae.rehearsal.datasets`); encoders → tiny randomly initialised models of the same loader and
+  architecture (`xsae.rehearsal.encoders`); `device: cpu`;
+- SAE widths and k divided (`latents`, `topk`), a few epochs, small batches, AuxK's dead-latent
+  window shortened; sweeps keep their first two values (scaled like the parameter they set);
+- seeds of comparisons and of the synthetic experiments: the first two; synthetic distances and
+  λ multipliers: the first and the last; the synthetic generator at a few dozen concepts;
+- per-layer sharedness SAEs on every layer of the tiny models (three transformer blocks: first,
+  middle and last; MambaVision's four stages, of which the paper uses the last);
+- evaluation thresholds (probe positives, profile sizes, images per latent) sized for miniatures.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from xsae.errors import ConfigError
+
+#: SAE width and TopK k are divided so that a run stays a few hundred latents at most.
+LATENT_DIVISOR = 128
+TOPK_DIVISOR = 8
+MIN_LATENTS = 16
+MIN_K = 2
+
+
+def latents(n: int) -> int:
+    """A paper width (8192) at rehearsal scale (64); never below MIN_LATENTS."""
+    return max(MIN_LATENTS, int(n) // LATENT_DIVISOR)
+
+
+def topk(k: int) -> int:
+    """A paper k (64) at rehearsal scale (8); never below MIN_K."""
+    return max(MIN_K, int(k) // TOPK_DIVISOR)
+
+
+def _first_two(values: list) -> list:
+    return list(values[:2])
+
+
+def _ends(values: list) -> list:
+    return list(dict.fromkeys([values[0], values[-1]]))
+
+
+#: What an SAE training entry (sae_runs.*, comparisons.*.sae, synthetic.sae, sharedness.sae)
+#: becomes: key → function of the paper value. Keys not listed are kept.
+SAE_SCALE: dict[str, Callable[[Any], Any]] = {
+    "n_latents": latents,
+    "k": topk,
+    "epochs": lambda epochs: min(int(epochs), 2),
+    "batch_size": lambda batch: min(int(batch), 64),
+    "log_every": lambda _: 2,
+    "checkpoint_every": lambda _: 1000,
+    "reinit_every": lambda every: min(int(every), 5),
+}
+AUXK_SCALE: dict[str, Callable[[Any], Any]] = {
+    "k": lambda k: topk(k) if k else 0,
+    "dead_steps": lambda steps: min(int(steps), 10),
+}
+#: Sweeps keep their first two values, each scaled as the parameter it sets.
+SWEEP_VALUE_SCALE: dict[str, Callable[[Any], Any]] = {"n_latents": latents, "k": topk}
+#: The synthetic experiments' generator at a few dozen concepts (Appendix D.2's shape kept).
+SYNTHETIC_GENERATOR = {"d": 16, "n_shared": 24, "n_image": 12, "n_text": 12, "sparsity": 0.9,
+                       "n_train": 512, "n_eval": 256}
+#: Evaluation thresholds for miniatures of a few dozen samples per split.
+EVALUATION = {"jaccard_top_n": 5, "probe_min_positives": 3, "probe_candidates": 4,
+              "top_activations": 4}
+SHUFFLE_PERMUTATIONS = 2
+SHAREDNESS_BATCH = 64
+
+
+def scale_sae(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """One SAE training entry at rehearsal scale (method, streams and every other choice kept)."""
+    scaled = copy.deepcopy(dict(entry))
+    for key, scale in SAE_SCALE.items():
+        if scaled.get(key) is not None:
+            scaled[key] = scale(scaled[key])
+    if isinstance(scaled.get("auxk"), Mapping):
+        scaled["auxk"] = {key: AUXK_SCALE[key](value) if key in AUXK_SCALE else value
+                          for key, value in scaled["auxk"].items()}
+    if "k" in scaled and "n_latents" in scaled:
+        scaled["k"] = min(scaled["k"], scaled["n_latents"] // 4)
+    return scaled
+
+
+def scale_sweeps(sweeps: Mapping[str, Any]) -> dict[str, Any]:
+    scaled = {}
+    for name, spec in sweeps.items():
+        scale = SWEEP_VALUE_SCALE.get(spec["parameter"], lambda value: value)
+        values = list(dict.fromkeys(scale(v) for v in spec["values"]))
+        scaled[name] = {**copy.deepcopy(dict(spec)), "values": _first_two(values)}
+    return scaled
+
+
+def scale_comparisons(comparisons: Mapping[str, Any]) -> dict[str, Any]:
+    scaled = {}
+    for name, spec in comparisons.items():
+        entry = copy.deepcopy(dict(spec))
+        if "seeds" in entry:
+            entry["seeds"] = _first_two(entry["seeds"])
+        entry["sae"] = scale_sae(entry.get("sae", {}))
+        scaled[name] = entry
+    return scaled
+
+
+def scale_synthetic(synthetic: Mapping[str, Any]) -> dict[str, Any]:
+    scaled = copy.deepcopy(dict(synthetic))
+    for key, shrink in (("seeds", _first_two), ("distances", _ends), ("multipliers", _ends)):
+        if key in scaled:
+            scaled[key] = shrink(scaled[key])
+    scaled["generator"] = {**scaled.get("generator", {}), **SYNTHETIC_GENERATOR}
+    scaled["sae"] = scale_sae(scaled.get("sae", {}))
+    return scaled
+
+
+def scale_sharedness(sharedness: Mapping[str, Any], layer_count: Callable[[str], int]
+                     ) -> dict[str, Any]:
+    """Per-layer SAEs on every layer of the stand-in models (`layer_count(encoder)` of them)."""
+    scaled = copy.deepcopy(dict(sharedness))
+    sae = scale_sae(scaled.get("sae", {}))
+    sae.pop("n_latents", None)  # the width is expansion × the layer's width
+    sae["batch_size"] = SHAREDNESS_BATCH
+    scaled["sae"] = sae
+    for model in scaled.get("models", {}).values():
+        model["n_layers"] = layer_count(model["encoder"])
+    for spec in scaled.get("shuffle", {}).values():
+        spec["n_permutations"] = min(int(spec.get("n_permutations", 10)), SHUFFLE_PERMUTATIONS)
+    return scaled
+
+
+def scale(paper: Mapping[str, Any], layer_count: Callable[[str], int]) -> dict[str, Any]:
+    """The paper config's runs, sweeps, comparisons, synthetic and sharedness experiments and
+    evaluation at rehearsal scale; datasets and encoders untouched (see `rehearsal_config`).
+    `layer_count(encoder)`: the layers the rehearsal's model of that encoder stores."""
+    config = copy.deepcopy(dict(paper))
+    config["device"] = "cpu"
+    config["sae_runs"] = {name: scale_sae(entry) for name, entry in config.get("sae_runs", {}).items()}
+    config["sweeps"] = scale_sweeps(config.get("sweeps", {}))
+    config["comparisons"] = scale_comparisons(config.get("comparisons", {}))
+    if config.get("synthetic"):
+        config["synthetic"] = scale_synthetic(config["synthetic"])
+    if config.get("sharedness"):
+        config["sharedness"] = scale_sharedness(config["sharedness"], layer_count)
+    config["evaluation"] = {**config.get("evaluation", {}), **EVALUATION}
+    return config
+
+
+def check_same_shape(paper: Mapping[str, Any], rehearsal: Mapping[str, Any]) -> None:
+    """The rehearsal keeps every name the paper config declares: datasets, encoders, streams, runs,
+    sweeps, comparisons, tables, figures and sharedness models; raise naming what went missing."""
+    missing = []
+    for section in ("datasets", "encoders", "features", "streams", "sae_runs", "sweeps",
+                    "comparisons", "decoder_directions", "tables", "figures"):
+        lost = set(paper.get(section, {})) - set(rehearsal.get(section, {}))
+        missing += [f"{section}.{name}" for name in sorted(lost)]
+    for section in ("models", "tables", "averages", "layerwise", "comparative", "shuffle"):
+        lost = set(paper.get("sharedness", {}).get(section, {})) - set(
+            rehearsal.get("sharedness", {}).get(section, {}))
+        missing += [f"sharedness.{section}.{name}" for name in sorted(lost)]
+    if missing:
+        raise ConfigError("rehearsal config lost entries of the paper config: " + ", ".join(missing))
