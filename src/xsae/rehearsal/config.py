@@ -11,7 +11,8 @@ What changes, and nothing else (each a rule of `SCALE` or a function below):
   λ multipliers: the first and the last; the synthetic generator at a few dozen concepts;
 - per-layer sharedness SAEs on every layer of the tiny models (three transformer blocks: first,
   middle and last; MambaVision's four stages, of which the paper uses the last);
-- evaluation thresholds (probe positives, profile sizes, images per latent) sized for miniatures.
+- evaluation thresholds (probe positives, profile sizes, images per latent) sized for miniatures;
+- class prompts: one template per class name instead of CLIP's 80.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ SYNTHETIC_GENERATOR = {"d": 16, "n_shared": 24, "n_image": 12, "n_text": 12, "sp
 EVALUATION = {"jaccard_top_n": 5, "probe_min_positives": 3, "probe_candidates": 4,
               "top_activations": 4}
 SHUFFLE_PERMUTATIONS = 2
+#: One prompt per class ("a photo of a {}.") where the paper uses CLIP's 80 templates.
+PROMPT_TEMPLATES = "photo"
+
+
+def scale_datasets(datasets: Mapping[str, Any]) -> dict[str, Any]:
+    """Dataset entries at rehearsal scale: the miniatures' entries, prompts from one template."""
+    scaled = copy.deepcopy(dict(datasets))
+    for entry in scaled.values():
+        if entry.get("kind") == "class_prompts":
+            entry["templates"] = PROMPT_TEMPLATES
+    return scaled
 SHAREDNESS_BATCH = 64
 
 

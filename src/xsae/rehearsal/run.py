@@ -8,7 +8,7 @@ the whole DAG in `rehearsal/work/`. Nothing beyond loopback is contacted.
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import logging
 import subprocess
 import sys
@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from xsae import config as config_module
+from xsae.errors import DataError
 from xsae.io import write_text
 from xsae.rehearsal import config as scaling
 from xsae.rehearsal.datasets import DEFAULT_PORT, served_miniatures
@@ -40,7 +41,7 @@ def rehearsal_config(paper: Mapping[str, Any], datasets: Mapping[str, Mapping[st
     encoders = tiny_encoders(paper.get("encoders", {}), models)
     paper_encoders = paper.get("encoders", {})
     rehearsal = scaling.scale(paper, lambda name: tiny_layer_count(paper_encoders[name]))
-    rehearsal["datasets"] = copy.deepcopy(dict(datasets))
+    rehearsal["datasets"] = scaling.scale_datasets(datasets)
     rehearsal["encoders"] = encoders
     scaling.check_same_shape(paper, rehearsal)
     return rehearsal
@@ -64,8 +65,13 @@ def rehearse(paper_path: str | Path, root: str | Path, *, cores: int = 2, port: 
     workdir = root / "work"
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with served_miniatures(paper.get("datasets", {}), root / "datasets", seed, port) as served:
-        server, _, datasets = served
+    with contextlib.ExitStack() as stack:
+        try:
+            server, _, datasets = stack.enter_context(
+                served_miniatures(paper.get("datasets", {}), root / "datasets", seed, port))
+        except OSError as exc:
+            raise DataError(f"127.0.0.1:{port}: cannot serve the miniatures there ({exc}); is another "
+                            "rehearsal running? Choose another port with --port") from exc
         logger.info("miniatures served at %s", server.url())
         rehearsal = rehearsal_config(paper, datasets, root / "models")
         header = (f"# Rehearsal of {paper_path}, written by `xsae rehearsal`: the same runs, tables and "
