@@ -1089,6 +1089,13 @@ def _span(values: Sequence[int]) -> str:
     return f"{values[0]:,}" if values[0] == values[-1] else f"{values[0]:,}–{values[-1]:,}"
 
 
+def _clipped(frame: pd.DataFrame, column: str, width: int = 80) -> pd.DataFrame:
+    """`column` cut to `width` characters for the terminal (the other formats keep it whole)."""
+    clipped = frame.copy()
+    clipped[column] = [text if len(text) <= width else text[:width - 1] + "…" for text in clipped[column]]
+    return clipped
+
+
 JOB_COLUMNS = ["job", "dataset", "unit", "rows", "epochs", "batch", "steps", "seen", "latents", "k",
                "paper_steps", "paper_seen", "flag", "device", "hours"]
 
@@ -1097,7 +1104,7 @@ def format_text(plan: Plan) -> str:
     """The readable report: sample counts, every training job, the cost per stage, the figures
     used and the totals (with the flagged jobs) at the bottom."""
     out = [f"Plan of {plan.source} (device: {plan.device})", "", "Samples per dataset split"]
-    out.append(_display(datasets_frame(plan)).to_string(index=False))
+    out.append(_display(_clipped(datasets_frame(plan), "source")).to_string(index=False))
     out += ["", "Training jobs (rows per epoch; seen = rows × epochs; paper = the paper's recipe)"]
     jobs = jobs_frame(plan)
     out.append(_display(jobs[JOB_COLUMNS]).to_string(index=False) if len(jobs) else "(none)")
@@ -1105,7 +1112,7 @@ def format_text(plan: Plan) -> str:
     out.append(_display(summary_frame(plan)).to_string(index=False))
     out += ["", "Figures used (basis: measured-cpu = a bench/ script on this project's 2-core CPU; "
             "published = a paper or model card; assumed = an estimate)"]
-    out.append(_display(figures_frame(plan)).to_string(index=False))
+    out.append(_display(_clipped(figures_frame(plan), "source")).to_string(index=False))
     out += ["", *totals_lines(plan)]
     return "\n".join(out) + "\n"
 
