@@ -276,9 +276,10 @@ def _architecture_entry(data: PlanData, key: str, config_key: str) -> Mapping[st
 
 
 def towers(config: Mapping[str, Any], encoder: str, data: PlanData) -> dict[str, Tower]:
-    """modality → Tower of a configured encoder, from config/costs.yaml (keyed by model, else loader)."""
+    """modality → Tower of a configured encoder, from config/costs.yaml (keyed by model, else loader;
+    a rehearsal's stand-in by the model it stands in for)."""
     entry = config["encoders"][encoder]
-    key = entry.get("model") or entry["loader"]
+    key = entry.get("stands_in_for") or entry.get("model") or entry["loader"]
     arch = _architecture_entry(data, key, f"encoders.{encoder}")
     out = {}
     for modality in ("image", "text"):

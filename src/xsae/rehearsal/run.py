@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -38,8 +39,11 @@ def rehearsal_config(paper: Mapping[str, Any], datasets: Mapping[str, Mapping[st
     """The rehearsal config of `paper` (a config as written, before defaults): `datasets` are the
     miniatures' entries (`xsae.rehearsal.datasets.dataset_overrides`), tiny encoders are built under
     `models`; every run, sweep, table and figure is kept, at rehearsal scale."""
-    encoders = tiny_encoders(paper.get("encoders", {}), models)
     paper_encoders = paper.get("encoders", {})
+    encoders = tiny_encoders(paper_encoders, models)
+    for name, entry in encoders.items():
+        if entry.get("model") != paper_encoders[name].get("model"):
+            entry["stands_in_for"] = paper_encoders[name].get("model") or paper_encoders[name]["loader"]
     rehearsal = scaling.scale(paper, lambda name: tiny_layer_count(paper_encoders[name]))
     rehearsal["datasets"] = scaling.scale_datasets(datasets)
     rehearsal["encoders"] = encoders
@@ -53,6 +57,12 @@ class Rehearsal:
     workdir: Path
     returncode: int
     seconds: float
+
+
+def _environment() -> dict[str, str]:
+    """The jobs' PATH starts with this interpreter's folder: notebook rules call papermill from it."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path}
 
 
 def rehearse(paper_path: str | Path, root: str | Path, *, cores: int = 2, port: int = DEFAULT_PORT,
@@ -82,5 +92,5 @@ def rehearse(paper_path: str | Path, root: str | Path, *, cores: int = 2, port: 
         logger.info("prepared in %.1f s: %s", time.perf_counter() - started, config_path)
         command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
                    "--configfile", str(config_path), "--cores", str(cores), *snakemake_args]
-        returncode = subprocess.run(command, check=False).returncode
+        returncode = subprocess.run(command, env=_environment(), check=False).returncode
     return Rehearsal(config_path, workdir, returncode, time.perf_counter() - started)
