@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[3]
 SNAKEFILE = REPO / "Snakefile"
+#: Samples per forward pass of the stand-in encoders: with models this small, per-batch overhead
+#: would otherwise dominate extraction.
+REHEARSAL_BATCH = 64
 
 
 def rehearsal_config(paper: Mapping[str, Any], datasets: Mapping[str, Mapping[str, Any]],
@@ -40,7 +43,7 @@ def rehearsal_config(paper: Mapping[str, Any], datasets: Mapping[str, Mapping[st
     miniatures' entries (`xsae.rehearsal.datasets.dataset_overrides`), tiny encoders are built under
     `models`; every run, sweep, table and figure is kept, at rehearsal scale."""
     paper_encoders = paper.get("encoders", {})
-    encoders = tiny_encoders(paper_encoders, models)
+    encoders = tiny_encoders(paper_encoders, models, batch_size=REHEARSAL_BATCH)
     for name, entry in encoders.items():
         if entry.get("model") != paper_encoders[name].get("model"):
             entry["stands_in_for"] = paper_encoders[name].get("model") or paper_encoders[name]["loader"]
