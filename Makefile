@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run report test lint clean
+.PHONY: setup run report test lint clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/snakemake --lint
+
+# Every CUDA path against its CPU result, with throughput (paper widths need a GPU; on a CPU-only
+# machine: make gpu-check GPU_CHECK_ARGS=--small).
+gpu-check: setup
+	$(BIN)/python bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf results .snakemake
