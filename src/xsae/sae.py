@@ -103,8 +103,7 @@ class Codes:
 
 def decode_sparse(weight: torch.Tensor, codes: Codes) -> torch.Tensor:
     """Σ_i values[b, i] · weight[indices[b, i]]: `[B, d]` without a dense `[B, L]` intermediate."""
-    return F.embedding_bag(codes.indices, weight, per_sample_weights=codes.values.to(weight.dtype),
-                           mode="sum")
+    return decode_sparse_many(weight, [codes])[0]
 
 
 def decode_sparse_many(weight: torch.Tensor, codes: Sequence[Codes]) -> list[torch.Tensor]:
@@ -115,29 +114,84 @@ def decode_sparse_many(weight: torch.Tensor, codes: Sequence[Codes]) -> list[tor
     in k and batch size.
     """
     if len(codes) == 1:
-        return [decode_sparse(weight, codes[0])]
-    flat_indices = torch.cat([c.indices.reshape(-1) for c in codes])
-    flat_values = torch.cat([c.values.reshape(-1) for c in codes]).to(weight.dtype)
+        flat_indices, flat_values = codes[0].indices.reshape(-1), codes[0].values.reshape(-1)
+    else:
+        flat_indices = torch.cat([c.indices.reshape(-1) for c in codes])
+        flat_values = torch.cat([c.values.reshape(-1) for c in codes])
     bag_sizes = torch.cat([torch.full((c.indices.shape[0],), c.indices.shape[1], dtype=torch.long,
                                       device=flat_indices.device) for c in codes])
-    offsets = torch.cumsum(bag_sizes, 0) - bag_sizes
-    out = F.embedding_bag(flat_indices, weight, offsets, mode="sum", per_sample_weights=flat_values)
+    out = _BagSums.apply(weight, flat_values.to(weight.dtype), flat_indices, bag_sizes)
     return list(out.split([c.indices.shape[0] for c in codes]))
+
+
+def group_by_index(indices: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries of 1-D `indices` grouped by value: a stable sort order and, per value in
+    [0, n_rows), the position of its first entry in that order."""
+    order = torch.argsort(indices, stable=True)
+    counts = torch.bincount(indices, minlength=n_rows)
+    return order, counts.cumsum(0) - counts
+
+
+def sum_by_index(indices: torch.Tensor, coefficients: torch.Tensor, bags: torch.Tensor,
+                 vectors: torch.Tensor, n_rows: int,
+                 groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """`[n_rows, d]` with row j = Σ over entries e with indices[e] = j of coefficients[e] · vectors[bags[e]].
+
+    The weight gradient of a sparse decode or of selected logits. Entries are grouped by index
+    (`group_by_index`, or `groups` already computed) and each group summed by `embedding_bag`
+    over the rows of `vectors`: no `[n_entries, d]` intermediate and no zero-filled `[n_rows, d]`
+    buffer to scatter into. The sums run in entry order within each row, as `embedding_bag`'s own
+    backward does (same result), several times faster than it on CPU.
+    """
+    order, starts = groups if groups is not None else group_by_index(indices, n_rows)
+    return F.embedding_bag(bags[order], vectors.contiguous(), starts, mode="sum",
+                           per_sample_weights=coefficients[order].to(vectors.dtype))
 
 
 def embedding_bag_weight_grad(indices: torch.Tensor, coefficients: torch.Tensor, vectors: torch.Tensor,
                               n_rows: int) -> torch.Tensor:
     """`[n_rows, d]` with row j = Σ over (b, i) with indices[b, i] = j of coefficients[b, i] · vectors[b].
 
-    This is the weight gradient of `embedding_bag`, so it is computed by that op's fused backward,
-    never materialising the `[B, k, d]` outer products.
+    The weight gradient of `embedding_bag` with bag b = row b of `indices`, without materialising
+    the `[B, k, d]` outer products (see `sum_by_index`).
     """
-    with torch.enable_grad():
-        rows = torch.zeros(n_rows, vectors.shape[1], dtype=vectors.dtype, device=vectors.device,
-                           requires_grad=True)
-        bags = F.embedding_bag(indices, rows, per_sample_weights=coefficients.to(vectors.dtype), mode="sum")
-        (grad,) = torch.autograd.grad(bags, rows, grad_outputs=vectors)
-    return grad
+    n_bags, k = indices.shape
+    bags = torch.arange(n_bags, device=indices.device).repeat_interleave(k)
+    return sum_by_index(indices.reshape(-1), coefficients.reshape(-1), bags, vectors, n_rows)
+
+
+class _BagSums(torch.autograd.Function):
+    """Per bag, Σ values[e] · weight[indices[e]] over its entries (`embedding_bag`, mode sum).
+
+    Bags are consecutive runs of `bag_sizes` entries. The backward visits the entries grouped by
+    weight row, once: the weight gradient by `sum_by_index`, and the values' gradient (one dot
+    product per entry, `embedding_bag`'s own kernel for it) reading each weight row once instead
+    of once per entry in random order, which halves its time on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, values, indices, bag_sizes):
+        offsets = bag_sizes.cumsum(0) - bag_sizes
+        ctx.save_for_backward(weight, values, indices, offsets, bag_sizes)
+        return F.embedding_bag(indices, weight, offsets, mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, values, indices, offsets, bag_sizes = ctx.saved_tensors
+        grad = grad.to(weight.dtype).contiguous()
+        bags = torch.repeat_interleave(torch.arange(bag_sizes.shape[0], device=grad.device), bag_sizes,
+                                       output_size=indices.shape[0])
+        order, starts = group_by_index(indices, weight.shape[0])
+        sorted_bags = bags[order]
+        grad_weight = grad_values = None
+        if ctx.needs_input_grad[0]:
+            grad_weight = F.embedding_bag(sorted_bags, grad, starts, mode="sum",
+                                          per_sample_weights=values[order].to(grad.dtype))
+        if ctx.needs_input_grad[1]:
+            dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad, weight, indices[order], offsets, sorted_bags, 0, -1)
+            grad_values = torch.empty_like(dots).scatter_(0, order, dots).to(values.dtype)
+        return grad_weight, grad_values, None, None
 
 
 class _SelectedLogits(torch.autograd.Function):
@@ -145,28 +199,49 @@ class _SelectedLogits(torch.autograd.Function):
 
     Forward is a gather (the dense logits were needed anyway to select the latents); backward
     touches only the selected encoder rows: ∂W_enc[j] = Σ ∂h[b, j] (x_b − b_pre), ∂b_lat[j] = Σ ∂h[b, j],
-    ∂(x − b_pre)_b = Σ_i ∂h[b, i] W_enc[indices[b, i]].
+    and ∂b_pre = −Σ_j ∂b_lat[j] W_enc[j], one product with the encoder instead of a gather of
+    its selected rows per sample (the per-sample gradient is formed only when x needs one).
     """
 
     @staticmethod
-    def forward(ctx, dense_logits, centred, weight, lat_bias, indices):
-        ctx.save_for_backward(centred, weight, indices)
+    def forward(ctx, dense_logits, x, pre_bias, weight, lat_bias, indices):
+        ctx.save_for_backward(x - pre_bias, weight, indices)
         ctx.n_latents = lat_bias.shape[0]
         return dense_logits.gather(1, indices)
 
     @staticmethod
     def backward(ctx, grad):
         centred, weight, indices = ctx.saved_tensors
-        grad_centred = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            grad_centred = F.embedding_bag(indices, weight, per_sample_weights=grad.to(weight.dtype),
-                                           mode="sum")
-        if ctx.needs_input_grad[2]:
-            grad_weight = embedding_bag_weight_grad(indices, grad, centred.detach(), ctx.n_latents)
-        if ctx.needs_input_grad[3]:
+        grad = grad.to(weight.dtype)
+        need_x, need_pre, need_weight, need_bias = ctx.needs_input_grad[1:5]
+        grad_x = grad_pre = grad_weight = grad_bias = None
+        if need_x:
+            grad_x = F.embedding_bag(indices, weight, per_sample_weights=grad, mode="sum")
+            grad_pre = -grad_x.sum(dim=0) if need_pre else None
+        if need_weight:
+            grad_weight = embedding_bag_weight_grad(indices, grad, centred.to(weight.dtype), ctx.n_latents)
+        if need_bias or (need_pre and not need_x):
             grad_bias = torch.zeros(ctx.n_latents, dtype=grad.dtype, device=grad.device)
             grad_bias.index_add_(0, indices.flatten(), grad.flatten())
-        return None, grad_centred, grad_weight, grad_bias, None
+            if need_pre and not need_x:
+                grad_pre = -(grad_bias @ weight)
+        return None, grad_x, grad_pre, grad_weight, grad_bias if need_bias else None, None
+
+
+def _sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ of same-shape tensors without stacking them into one more buffer."""
+    total = tensors[0]
+    for i, tensor in enumerate(tensors[1:]):
+        total = total + tensor if i == 0 else total.add_(tensor)
+    return total
+
+
+def _row_blocks(weight: torch.Tensor, block_bytes: int = 1 << 20) -> list[slice]:
+    """Row slices of `weight` of about `block_bytes` each (at least one row); on a GPU one slice."""
+    if weight.device.type != "cpu":
+        return [slice(None)]
+    step = max(1, block_bytes // max(1, weight[0].numel() * weight.element_size()))
+    return [slice(start, start + step) for start in range(0, weight.shape[0], step)]
 
 
 def _masked(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -254,8 +329,7 @@ class SparseAutoencoder(nn.Module):
         rows are padded to the batch's largest count and the padding is marked invalid.
         """
         mode = topk or self.config.topk
-        groups = ([logits[0] if len(logits) == 1 else torch.stack(list(logits)).sum(dim=0)]
-                  if mode == "global" else list(logits))
+        groups = [_sum(logits)] if mode == "global" else list(logits)
         if self.config.activation == "batchtopk":
             count = self.batch_threshold_count + 1
             picks = [self._batch_select(score, group, count) for group, score in enumerate(groups)]
@@ -302,7 +376,7 @@ class SparseAutoencoder(nn.Module):
         reach only the selected encoder rows (see `_SelectedLogits`), so the backward pass costs
         O(B·k·d) instead of a second O(B·L·d) product.
         """
-        return _SelectedLogits.apply(dense_logits.detach(), x - self.pre_bias[stream],
+        return _SelectedLogits.apply(dense_logits.detach(), x, self.pre_bias[stream],
                                      self.enc_weight[stream], self.lat_bias[stream], indices)
 
     def encode(self, inputs: Sequence[torch.Tensor], topk: str | None = None) -> list[Codes]:
@@ -328,8 +402,8 @@ class SparseAutoencoder(nn.Module):
         """
         dead = self.steps_since_active(stream) > dead_steps
         masked = logits.detach().masked_fill(~dead, float("-inf"))
-        indices = masked.topk(min(k_aux, logits.shape[1]), dim=1, sorted=False).indices
-        return indices, dead[indices], dead.any()
+        top = masked.topk(min(k_aux, logits.shape[1]), dim=1, sorted=False)
+        return top.indices, top.values != float("-inf"), dead.any()
 
     def auxk_codes(self, stream: int, x: torch.Tensor, logits: torch.Tensor, k_aux: int,
                    dead_steps: int) -> tuple[Codes, torch.Tensor]:
@@ -351,16 +425,23 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def project_decoder_grads(self) -> None:
-        """Remove the gradient component parallel to each (unit) decoder row."""
+        """Remove the gradient component parallel to each (unit) decoder row.
+
+        Row blocks small enough to stay in cache: the temporaries never reach memory.
+        """
         for weight in self.dec_weight:
             if weight.grad is not None:
-                parallel = (weight.grad * weight).sum(dim=1, keepdim=True)
-                weight.grad.sub_(parallel * weight)
+                for rows in _row_blocks(weight):
+                    grad, direction = weight.grad[rows], weight[rows]
+                    grad.sub_((grad * direction).sum(dim=1, keepdim=True) * direction)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
+        """Unit-norm decoder rows, block by block (each block is rescaled while in cache)."""
         for weight in self.dec_weight:
-            weight.div_(weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            for rows in _row_blocks(weight):
+                block = weight[rows]
+                block.div_(block.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path, extra_metadata: dict | None = None) -> None:
