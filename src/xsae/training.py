@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -278,14 +278,20 @@ def _decode_all(model: SparseAutoencoder, code_sets: Sequence[Sequence[Codes]]) 
     return out
 
 
-def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
-                   config: TrainingConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
+def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor], config: TrainingConfig, *,
+                   aux_streams: Collection[int] | None = None
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list]:
     """Total loss, its components (device tensors, one value per stream or pair) and the codes.
 
     Per stream, the TopK and AuxK latents are differentiated in one `logits_at` call, and every
     decode through a decoder (self, cross, AuxK; all streams' with shared weights) is one
     `decode_sparse_many` call: one gradient buffer per weight matrix. With an alignment loss the
     components hold its unweighted batch mean as "alignment".
+
+    A stream without dead latents has an AuxK term of exactly 0: by default it is computed anyway
+    and multiplied by 0, which needs no host sync. `aux_streams`, when given, lists the streams that
+    may have dead latents (the trainer knows from a host-side bound, `dead_latent_bounds`); the
+    others' AuxK selection and decodes are skipped, with the same loss and gradients.
     """
     n = model.n_streams
     use_aux = config.auxk_k > 0 and config.auxk_coef > 0
@@ -293,14 +299,15 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
     with torch.no_grad():
         logits = [model.logits(s, x) for s, x in enumerate(batch)]
     indices, valid = model.select_indices(logits)
-    codes, aux_codes, any_dead = [], [], []
+    with_aux = [s for s in range(n) if use_aux and (aux_streams is None or s in aux_streams)]
+    codes, aux_codes, any_dead = [], {}, {}
     for s, x in enumerate(batch):
         k = indices[s].shape[1]
-        if use_aux:
+        if s in with_aux:
             aux_idx, is_dead, dead = model.auxk_indices(s, logits[s], config.auxk_k, config.dead_steps)
             h = model.logits_at(s, x, torch.cat([indices[s], aux_idx], dim=1), logits[s])
-            aux_codes.append(Codes(F.relu(h[:, k:]) * is_dead, aux_idx))
-            any_dead.append(dead)
+            aux_codes[s] = Codes(F.relu(h[:, k:]) * is_dead, aux_idx)
+            any_dead[s] = dead
         else:
             h = model.logits_at(s, x, indices[s], logits[s])
         values = F.relu(h[:, :k])
@@ -308,7 +315,7 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
 
     how = config.recon_loss
     sources = [list(range(n)) if use_cross else [t] for t in range(n)]
-    decoded = _decode_all(model, [[codes[s] for s in sources[t]] + (aux_codes[t:t + 1] if use_aux else [])
+    decoded = _decode_all(model, [[codes[s] for s in sources[t]] + ([aux_codes[t]] if t in aux_codes else [])
                                   for t in range(n)])
     self_terms, aux_terms, cross, monitor = [], [], {}, []
     for t, x in enumerate(batch):
@@ -319,8 +326,10 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor],
             with torch.no_grad():
                 monitor.append(nmse_per_sample(recons[t], x).mean())
         cross.update({(s, t): reconstruction_loss(r, x, how) for s, r in recons.items() if s != t})
-        if use_aux:  # no dead latents: no AuxK term, and no host sync to find out
+        if t in aux_codes:  # no dead latents: no AuxK term, and no host sync to find out
             aux_terms.append(reconstruction_loss(decodes[-1], x - recons[t].detach(), how) * any_dead[t])
+        elif use_aux:  # known to have no dead latents
+            aux_terms.append(self_terms[-1].new_zeros(()))
     total = _reduce(self_terms, config.loss_reduction)
     components = {"self_nmse": torch.stack(monitor or self_terms)}
     if how != "nmse":
@@ -427,6 +436,16 @@ def clip_gradients(model: SparseAutoencoder, max_norm: float, scope: str = "all"
     return torch.stack([torch.nn.utils.clip_grad_norm_(params, max_norm) for params in groups])
 
 
+def dead_latent_bounds(model: SparseAutoencoder) -> list[int]:
+    """Per stream, the largest steps-since-active count (a host sync).
+
+    Counters grow by one per step at most, so this plus the steps taken since bounds them until
+    the next read: while a stream's bound is at most `dead_steps` it has no dead latent, and the
+    trainer skips its AuxK work without reading the device inside a step.
+    """
+    return [int(model.steps_since_active(s).max()) for s in range(model.n_streams)]
+
+
 def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: TrainingConfig, *,
           checkpoint_path: str | Path | None = None, progress: bool = True,
           stop_after_steps: int | None = None) -> pd.DataFrame:
@@ -463,6 +482,7 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.autocast == "bf16"
                 else contextlib.nullcontext())
+    dead_bounds = dead_latent_bounds(model)
     interval_start = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step",
                desc="train SAE", dynamic_ncols=True)
@@ -478,8 +498,9 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         lr = learning_rate(step, total_steps, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        aux_streams = [s for s, bound in enumerate(dead_bounds) if bound > config.dead_steps]
         with autocast:
-            loss, components, codes = compute_losses(model, batch, config)
+            loss, components, codes = compute_losses(model, batch, config, aux_streams=aux_streams)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         model.project_decoder_grads()
@@ -488,6 +509,7 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         optimizer.step()
         model.normalize_decoder()
         model.update_dead_counters(codes, config.dead_threshold)
+        dead_bounds = [bound + 1 for bound in dead_bounds]
         if config.reinit_every and step > 0 and (step + 1) % config.reinit_every == 0:
             # Seeded by the step, so that a resumed run draws the same noise.
             noise = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -502,6 +524,7 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         if step % config.log_every == 0 or step == total_steps:
             row = _log_row(model, accumulated, interval_steps, step, epoch, names,
                            config.dead_steps)
+            dead_bounds = dead_latent_bounds(model)  # the host reads the device here anyway
             row["lr"] = lr
             elapsed = time.perf_counter() - interval_start
             row["samples_per_s"] = interval_steps * config.batch_size / max(elapsed, 1e-9)
