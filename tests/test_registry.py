@@ -107,8 +107,11 @@ def test_paper_config_promises_every_produced_item(paper_config):
     promised = registry.outputs(paper_config)
     for entry in registry.items():
         assert bool(promised[entry.id]) == entry.produced, entry.id
-    assert promised["sparc.table3"] == [f"results/tables/sparc_{s}_table3_r2.{x}"
-                                        for s in ("openimages", "coco") for x in ("csv", "md", "tex")]
+    # Table 3 was published for Open Images; Table 14 for both datasets
+    assert promised["sparc.table3"] == [f"results/tables/sparc_openimages_table3_r2.{x}"
+                                        for x in ("csv", "md", "tex")]
+    assert promised["sparc.table14"] == [f"results/tables/sparc_{s}_table14_retrieval_r1.{x}"
+                                         for s in ("openimages", "coco") for x in ("csv", "md", "tex")]
     assert promised["sparc.table9"] == [f"results/tables/sparc_appendix_vision_only_table3_r2.{x}"
                                         for x in ("csv", "md", "tex")]
     assert promised["heterogeneity.table3"][::3] == [f"results/tables/comparison_{c}.csv"
@@ -116,7 +119,8 @@ def test_paper_config_promises_every_produced_item(paper_config):
     assert promised["sharedness.table23"][0] == "results/tables/sharedness_table23.csv"
     # one item per file: the report's sections need it
     owner = registry.item_of_path(paper_config)
-    assert registry.report_section(owner, ["results/tables/sparc_coco_table3_r2.csv"]) == ("SPARC", "Table 3")
+    assert registry.report_section(owner, ["results/tables/sparc_openimages_table3_r2.csv"]) == ("SPARC", "Table 3")
+    assert registry.report_section(owner, ["results/tables/sparc_coco_table3_r2.csv"]) is None  # not in the paper
     assert registry.report_section(owner, ["results/figures/sweep_latents.png"]) == ("SPARC", "Figures 6, 7")
     assert registry.report_section(owner, ["results/tables/reconstruction.csv"]) is None
 
@@ -186,8 +190,9 @@ def test_pairs_of_sparc_tables_as_rendered():
     reference = {"table3_r2": {"global_l1": {"clip_img": {"clip_img": 0.4, "clip_txt": 0.3}}},
                  "table3_r2_means": {"global_l1": {"self": 0.65}},
                  "table2_jaccard": {"global_l1": 0.8},
-                 "table14_retrieval_r1": {"coco": {"global_l1": {"clip_img->clip_txt": 0.25}}}}
-    rendered = tables.sparc_tables(metrics, streams, reference, {"a": "clip_img", "b": "clip_txt"}, "coco")
+                 "table14_retrieval_r1": {"open_images": {"global_l1": {"clip_img->clip_txt": 0.25}}}}
+    rendered = tables.sparc_tables(metrics, streams, reference, {"a": "clip_img", "b": "clip_txt"},
+                                   "open_images")
     r2 = registry.table_pairs(rendered["table3_r2"], "r2_columns")
     r2 = r2[r2["published"].notna()].set_index(["row", "column"])
     # rows are targets: R²(a→a) = 0.5 beside 0.4, R²(b→a) = 0.7 beside 0.3, self mean 0.6 beside 0.65

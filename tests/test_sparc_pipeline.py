@@ -136,8 +136,9 @@ def test_sparc_tables_known_values_and_published_rows():
     reference = {"table1_activation_patterns": {"global_l1": {"all_alive": 84.4, "dead_clip_img": 15.6}},
                  "table2_jaccard": {"global_l1": 0.8018},
                  "table3_r2": {"global_l1": {"clip_img": {"clip_img": 0.663}}},
-                 "table14_retrieval_r1": {"coco": {"global_l1": {"clip_img->clip_txt": 0.421}}}}
-    out = tables.sparc_tables(metrics, ["a", "b"], reference, {"a": "clip_img", "b": "clip_txt"}, "coco")
+                 "table14_retrieval_r1": {"open_images": {"global_l1": {"clip_img->clip_txt": 0.421}}}}
+    out = tables.sparc_tables(metrics, ["a", "b"], reference, {"a": "clip_img", "b": "clip_txt"},
+                              "open_images")
     t1 = out["table1_activation_patterns"]
     reproduced = t1[t1["source"] == "reproduced"].set_index("TopK")
     assert reproduced.loc["Global", "all_alive"] == 75.0 and reproduced.loc["Local", "all_dead"] == 50.0
@@ -156,6 +157,22 @@ def test_sparc_tables_known_values_and_published_rows():
     t4 = out["table4_probe_loss"]
     assert t4.loc[t4["source"] == "reproduced", "b"].tolist() == [0.6, 0.6]
     assert set(out) == set(tables.SPARC_TABLES)
+
+
+def test_sparc_tables_show_published_tables_1_to_4_only_beside_open_images():
+    """The paper printed Tables 1–4 for Open Images only, Table 14 for Open Images and COCO."""
+    metrics = {"global_l1": _tidy(0.75, 0.4)}
+    reference = {"table1_activation_patterns": {"global_l1": {"all_alive": 84.4}},
+                 "table2_jaccard": {"global_l1": 0.8018},
+                 "table3_r2": {"global_l1": {"clip_img": {"clip_img": 0.663}}},
+                 "table4_probe_loss": {"global_l1": {"clip_img": 0.5355}},
+                 "table14_retrieval_r1": {"coco": {"global_l1": {"clip_img->clip_txt": 0.421}}}}
+    out = tables.sparc_tables(metrics, ["a", "b"], reference, {"a": "clip_img", "b": "clip_txt"}, "coco")
+    for table in ("table1_activation_patterns", "table2_jaccard", "table4_probe_loss"):
+        assert (out[table]["source"] == "reproduced").all(), table
+    assert not any("(paper)" in column for column in out["table3_r2"].columns)
+    t14 = out["table14_retrieval_r1"]
+    assert t14.loc[t14["source"] == "paper", "a→b"].tolist() == [0.421]
 
 
 def test_r2_table_reads_the_published_matrix_and_means_at_a_dotted_key():

@@ -161,14 +161,18 @@ def _sparc_sets(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return (config.get("tables") or {}).get("sparc") or {}
 
 
-def _sparc_table(config: Mapping[str, Any], table: str, r2_reference: str | None = None) -> list[str]:
+def _sparc_table(config: Mapping[str, Any], table: str, r2_reference: str | None = None,
+                 dataset: str | None = None) -> list[str]:
     """SPARC Tables 1–4, 14 (and the stream groups' R² Tables 7–13, told apart by the published
-    matrix each set is compared with): every set under tables.sparc that renders `table`."""
+    matrix each set is compared with): every set under tables.sparc that renders `table`; with
+    `dataset` (the one the paper measured the table on) not the sets compared with another one."""
     files = []
     for name, spec in _sparc_sets(config).items():
         if table not in spec.get("tables", SPARC_TABLES):
             continue
         if r2_reference is not None and spec.get("r2_reference", "table3_r2") != r2_reference:
+            continue
+        if dataset is not None and spec.get("reference_dataset") not in (None, dataset):
             continue
         files += _tables(f"sparc_{name}_{table}")
     return files
