@@ -119,8 +119,9 @@ def test_paper_config_promises_every_produced_item(paper_config):
     assert promised["sharedness.table23"][0] == "results/tables/sharedness_table23.csv"
     # one item per file: the report's sections need it
     owner = registry.item_of_path(paper_config)
-    assert registry.report_section(owner, ["results/tables/sparc_openimages_table3_r2.csv"]) == ("SPARC", "Table 3")
-    assert registry.report_section(owner, ["results/tables/sparc_coco_table3_r2.csv"]) is None  # not in the paper
+    section = registry.report_section
+    assert section(owner, ["results/tables/sparc_openimages_table3_r2.csv"]) == ("SPARC", "Table 3")
+    assert section(owner, ["results/tables/sparc_coco_table3_r2.csv"]) is None  # not in the paper
     assert registry.report_section(owner, ["results/figures/sweep_latents.png"]) == ("SPARC", "Figures 6, 7")
     assert registry.report_section(owner, ["results/tables/reconstruction.csv"]) is None
 
