@@ -126,10 +126,10 @@ def decode_sparse_many(weight: torch.Tensor, codes: Sequence[Codes]) -> list[tor
 
 def group_by_index(indices: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The entries of 1-D `indices` grouped by value: a stable sort order and, per value in
-    [0, n_rows), the position of its first entry in that order."""
-    order = torch.argsort(indices, stable=True)
-    counts = torch.bincount(indices, minlength=n_rows)
-    return order, counts.cumsum(0) - counts
+    [0, n_rows), the position of its first entry in that order (no host sync, unlike `bincount`
+    on a GPU)."""
+    ordered, order = torch.sort(indices, stable=True)
+    return order, torch.searchsorted(ordered, torch.arange(n_rows, device=indices.device))
 
 
 def sum_by_index(indices: torch.Tensor, coefficients: torch.Tensor, bags: torch.Tensor,
@@ -140,8 +140,8 @@ def sum_by_index(indices: torch.Tensor, coefficients: torch.Tensor, bags: torch.
     The weight gradient of a sparse decode or of selected logits. Entries are grouped by index
     (`group_by_index`, or `groups` already computed) and each group summed by `embedding_bag`
     over the rows of `vectors`: no `[n_entries, d]` intermediate and no zero-filled `[n_rows, d]`
-    buffer to scatter into. The sums run in entry order within each row, as `embedding_bag`'s own
-    backward does (same result), several times faster than it on CPU.
+    buffer to scatter into. The sums run in entry order within each row (deterministic); on CPU
+    this is several times faster than `embedding_bag`'s own backward.
     """
     order, starts = groups if groups is not None else group_by_index(indices, n_rows)
     return F.embedding_bag(bags[order], vectors.contiguous(), starts, mode="sum",
@@ -229,19 +229,17 @@ class _SelectedLogits(torch.autograd.Function):
 
 
 def _sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ of same-shape tensors without stacking them into one more buffer."""
+    """Σ of same-shape tensors without stacking them into one more buffer.
+
+    In float32/64 the chained additions equal the stacked sum; reduced-precision logits (bf16
+    autocast) are stacked and summed, which accumulates in float32 and rounds once.
+    """
+    if len(tensors) > 1 and tensors[0].dtype not in (torch.float32, torch.float64):
+        return torch.stack(list(tensors)).sum(dim=0)
     total = tensors[0]
     for i, tensor in enumerate(tensors[1:]):
         total = total + tensor if i == 0 else total.add_(tensor)
     return total
-
-
-def _row_blocks(weight: torch.Tensor, block_bytes: int = 1 << 20) -> list[slice]:
-    """Row slices of `weight` of about `block_bytes` each (at least one row); on a GPU one slice."""
-    if weight.device.type != "cpu":
-        return [slice(None)]
-    step = max(1, block_bytes // max(1, weight[0].numel() * weight.element_size()))
-    return [slice(start, start + step) for start in range(0, weight.shape[0], step)]
 
 
 def _masked(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -427,21 +425,18 @@ class SparseAutoencoder(nn.Module):
     def project_decoder_grads(self) -> None:
         """Remove the gradient component parallel to each (unit) decoder row.
 
-        Row blocks small enough to stay in cache: the temporaries never reach memory.
+        Two passes and no `[L, d]` temporary: the row dot products as one batched product, then an
+        in-place update.
         """
         for weight in self.dec_weight:
             if weight.grad is not None:
-                for rows in _row_blocks(weight):
-                    grad, direction = weight.grad[rows], weight[rows]
-                    grad.sub_((grad * direction).sum(dim=1, keepdim=True) * direction)
+                parallel = torch.bmm(weight.grad.unsqueeze(1), weight.unsqueeze(2)).squeeze(2)
+                weight.grad.addcmul_(parallel, weight, value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Unit-norm decoder rows, block by block (each block is rescaled while in cache)."""
         for weight in self.dec_weight:
-            for rows in _row_blocks(weight):
-                block = weight[rows]
-                block.div_(block.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            weight.div_(weight.norm(dim=1, keepdim=True).clamp_min_(1e-12))
 
     # ---- persistence -----------------------------------------------------------------------
     def save(self, path: str | Path, extra_metadata: dict | None = None) -> None:
