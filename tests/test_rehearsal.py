@@ -49,8 +49,11 @@ def test_sweeps_seeds_and_synthetic_values_shrink_to_two():
         "latents": {"base": "b", "parameter": "n_latents", "values": [2048, 4096, 8192, 16384]},
         "lr": {"base": "b", "parameter": "lr", "values": [1e-5, 1e-4, 1e-3]}})
     assert sweeps["latents"]["values"] == [16, 32] and sweeps["lr"]["values"] == [1e-5, 1e-4]
-    comparisons = scaling.scale_comparisons({"c": {"seeds": [1, 2, 3], "sae": {"n_latents": 8192}}})
-    assert comparisons["c"]["seeds"] == [1, 2] and comparisons["c"]["sae"]["n_latents"] == 64
+    comparisons = scaling.scale_comparisons({
+        "full": {"seeds": [1, 2, 3], "steering": {}, "monosemanticity": {}, "sae": {"n_latents": 8192}},
+        "ablation": {"seeds": [1, 2, 3], "steering": None, "monosemanticity": None, "sae": {}}})
+    assert comparisons["full"]["seeds"] == [1, 2] and comparisons["full"]["sae"]["n_latents"] == 64
+    assert comparisons["ablation"]["seeds"] == [1]
     synthetic = scaling.scale_synthetic({"seeds": [1, 2, 3], "distances": [0.0, 0.2, 1.0],
                                          "multipliers": [0.25, 1.0, 64.0], "sae": {}})
     assert synthetic["seeds"] == [1, 2] and synthetic["distances"] == [0.0, 1.0]

@@ -7,8 +7,9 @@ What changes, and nothing else (each a rule of `SCALE` or a function below):
   architecture (`xsae.rehearsal.encoders`); `device: cpu`;
 - SAE widths and k divided (`latents`, `topk`), a few epochs, small batches, AuxK's dead-latent
   window shortened; sweeps keep their first two values (scaled like the parameter they set);
-- seeds of comparisons and of the synthetic experiments: the first two; synthetic distances and
-  λ multipliers: the first and the last; the synthetic generator at a few dozen concepts;
+- seeds: the first two for the synthetic experiments and for a comparison that computes every
+  score, the first for the ablation comparisons; synthetic distances and λ multipliers: the first
+  and the last; the synthetic generator at a few dozen concepts;
 - per-layer sharedness SAEs on every layer of the tiny models (three transformer blocks: first,
   middle and last; MambaVision's four stages, of which the paper uses the last);
 - evaluation thresholds (probe positives, profile sizes, images per latent) sized for miniatures;
@@ -110,11 +111,14 @@ def scale_sweeps(sweeps: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def scale_comparisons(comparisons: Mapping[str, Any]) -> dict[str, Any]:
+    """Two seeds for a comparison that computes every score (steering and monosemanticity: the
+    paper's Table 1, whose ± spread is then rendered), one for the ablations."""
     scaled = {}
     for name, spec in comparisons.items():
         entry = copy.deepcopy(dict(spec))
         if "seeds" in entry:
-            entry["seeds"] = _first_two(entry["seeds"])
+            full = entry.get("steering") is not None and entry.get("monosemanticity") is not None
+            entry["seeds"] = _first_two(entry["seeds"]) if full else entry["seeds"][:1]
         entry["sae"] = scale_sae(entry.get("sae", {}))
         scaled[name] = entry
     return scaled
