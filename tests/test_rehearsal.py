@@ -41,7 +41,7 @@ def test_an_sae_entry_keeps_its_method_and_shrinks_its_scale():
                       "checkpoint_every": 1000, "reinit_every": 5,
                       "auxk": {"k": 8, "coef": 0.03125, "dead_steps": 10, "threshold": 1e-3}}
     assert entry["n_latents"] == 8192  # input untouched
-    assert scaling.scale_sae({"n_latents": 64, "k": 32})["k"] == 16  # k ≤ a quarter of the width
+    assert scaling.scale_sae({"n_latents": 8192, "k": 256})["k"] == 16  # k ≤ a quarter of the width
 
 
 def test_sweeps_seeds_and_synthetic_values_shrink_to_two():
