@@ -11,7 +11,9 @@ What changes, and nothing else (each a rule of `SCALE` or a function below):
   score, the first for the ablation comparisons; synthetic distances and λ multipliers: the first
   and the last; the synthetic generator at a few dozen concepts;
 - per-layer sharedness SAEs on every layer of the tiny models (three transformer blocks: first,
-  middle and last; MambaVision's four stages, of which the paper uses the last);
+  middle and last; MambaVision's four stages, of which the paper uses the last), for fewer models:
+  two per side of each table, one per group of a comparative figure (and features extracted only
+  for what reads them);
 - evaluation thresholds (probe positives, profile sizes, images per latent) sized for miniatures;
 - class prompts: one template per class name instead of CLIP's 80.
 """
@@ -73,6 +75,8 @@ SYNTHETIC_GENERATOR = {"d": 16, "n_shared": 24, "n_image": 12, "n_text": 12, "sp
 EVALUATION = {"jaccard_top_n": 5, "probe_min_positives": 3, "probe_candidates": 4,
               "top_activations": 4}
 SHUFFLE_PERMUTATIONS = 2
+#: Models per side of a sharedness table (the paper's first ones).
+TABLE_MODELS = 2
 #: One prompt per class ("a photo of a {}.") where the paper uses CLIP's 80 templates.
 PROMPT_TEMPLATES = "photo"
 
@@ -134,10 +138,48 @@ def scale_synthetic(synthetic: Mapping[str, Any]) -> dict[str, Any]:
     return scaled
 
 
+def _keep(names: list[str], special: set[str]) -> list[str]:
+    return list(dict.fromkeys([*names[:TABLE_MODELS], *(name for name in names if name in special)]))
+
+
+def prune_sharedness_models(sharedness: dict[str, Any]) -> None:
+    """Fewer models per comparison, in place: each table's first two sources and targets (and a
+    model of a kind found nowhere else: last layer only), the first model of each group of a
+    comparative figure, the averages over the models the same dataset's tables keep; models no
+    table or figure then names are dropped. Every table, figure and run kind stays."""
+    models = sharedness.get("models", {})
+    special = {name for name, spec in models.items() if spec.get("last_layer_only")}
+    named: dict[str, set[str]] = {}
+    for spec in sharedness.get("tables", {}).values():
+        spec["sources"] = _keep(spec["sources"], special)
+        if spec.get("targets"):
+            spec["targets"] = _keep(spec["targets"], special)
+        named.setdefault(spec["dataset"], set()).update(spec["sources"], spec.get("targets") or ())
+    for spec in sharedness.get("averages", {}).values():
+        for row in spec["rows"]:
+            kept = [m for m in row["models"] if m in named.get(row["dataset"], set())]
+            row["models"] = kept if len(kept) >= 2 else row["models"][:2]
+    for spec in sharedness.get("comparative", {}).values():
+        spec["shared_with"] = spec["shared_with"][:1]
+        spec["not_shared_with"] = spec["not_shared_with"][:1]
+    referenced = set().union(*named.values()) if named else set()
+    for spec in sharedness.get("averages", {}).values():
+        referenced.update(m for row in spec["rows"] for m in row["models"])
+    for spec in sharedness.get("layerwise", {}).values():
+        referenced.update(m for panel in spec["panels"] for m in panel)
+    for spec in sharedness.get("comparative", {}).values():
+        referenced.update([spec["model"], *spec["shared_with"], *spec["not_shared_with"]])
+    for spec in sharedness.get("shuffle", {}).values():
+        referenced.update([spec["source"], spec["target"]])
+    sharedness["models"] = {name: spec for name, spec in models.items() if name in referenced}
+
+
 def scale_sharedness(sharedness: Mapping[str, Any], layer_count: Callable[[str], int]
                      ) -> dict[str, Any]:
-    """Per-layer SAEs on every layer of the stand-in models (`layer_count(encoder)` of them)."""
+    """Per-layer SAEs on every layer of the stand-in models (`layer_count(encoder)` of them), for
+    fewer models (`prune_sharedness_models`)."""
     scaled = copy.deepcopy(dict(sharedness))
+    prune_sharedness_models(scaled)
     sae = scale_sae(scaled.get("sae", {}))
     sae.pop("n_latents", None)  # the width is expansion × the layer's width
     sae["batch_size"] = SHAREDNESS_BATCH
@@ -147,6 +189,47 @@ def scale_sharedness(sharedness: Mapping[str, Any], layer_count: Callable[[str],
     for spec in scaled.get("shuffle", {}).values():
         spec["n_permutations"] = min(int(spec.get("n_permutations", 10)), SHUFFLE_PERMUTATIONS)
     return scaled
+
+
+def _sharedness_uses(sharedness: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """(dataset, model) of every sharedness table, average, figure and shuffle test."""
+    uses = set()
+    for spec in sharedness.get("tables", {}).values():
+        uses.update((spec["dataset"], m) for m in [*spec["sources"], *(spec.get("targets") or ())])
+    for spec in sharedness.get("averages", {}).values():
+        uses.update((row["dataset"], m) for row in spec["rows"] for m in row["models"])
+    for spec in sharedness.get("layerwise", {}).values():
+        uses.update((spec["dataset"], m) for panel in spec["panels"] for m in panel)
+    for spec in sharedness.get("comparative", {}).values():
+        uses.update((spec["dataset"], m)
+                    for m in [spec["model"], *spec["shared_with"], *spec["not_shared_with"]])
+    for spec in sharedness.get("shuffle", {}).values():
+        uses.update((spec["dataset"], m) for m in (spec["source"], spec["target"]))
+    return uses
+
+
+def used_features(config: Mapping[str, Any]) -> dict[str, list[str]]:
+    """`features` less the encoders nothing reads on a dataset (after sharedness models were
+    pruned): SAE runs' streams, comparisons' runs and scores, per-layer sharedness SAEs."""
+    streams = config.get("streams", {})
+    used: set[tuple[str, str]] = set()
+    for run in config.get("sae_runs", {}).values():
+        used.update((run["dataset"], streams[s]["encoder"]) for s in run["streams"])
+    for spec in config.get("comparisons", {}).values():
+        image, text = (streams[s]["encoder"] for s in spec["streams"])
+        used.update({(spec["dataset"], image), (spec["dataset"], text), (spec["retrieval"], image),
+                     (spec["retrieval"], text)})
+        if spec.get("zero_shot"):
+            used.update({(spec["zero_shot"]["dataset"], image), (spec["zero_shot"]["prompts"], text)})
+        if spec.get("monosemanticity"):
+            used.update((spec["retrieval"], spec["monosemanticity"][role])
+                        for role in ("image_encoder", "text_encoder"))
+    sharedness = config.get("sharedness") or {}
+    models = sharedness.get("models", {})
+    used.update((dataset, models[m]["encoder"]) for dataset, m in _sharedness_uses(sharedness))
+    kept = {dataset: [e for e in encoders if (dataset, e) in used]
+            for dataset, encoders in config.get("features", {}).items()}
+    return {dataset: encoders for dataset, encoders in kept.items() if encoders}
 
 
 def scale(paper: Mapping[str, Any], layer_count: Callable[[str], int]) -> dict[str, Any]:
@@ -163,18 +246,20 @@ def scale(paper: Mapping[str, Any], layer_count: Callable[[str], int]) -> dict[s
     if config.get("sharedness"):
         config["sharedness"] = scale_sharedness(config["sharedness"], layer_count)
     config["evaluation"] = {**config.get("evaluation", {}), **EVALUATION}
+    config["features"] = used_features(config)
     return config
 
 
 def check_same_shape(paper: Mapping[str, Any], rehearsal: Mapping[str, Any]) -> None:
     """The rehearsal keeps every name the paper config declares: datasets, encoders, streams, runs,
-    sweeps, comparisons, tables, figures and sharedness models; raise naming what went missing."""
+    sweeps, comparisons, tables and figures (sharedness models and the features only they read
+    aside: it compares fewer); raise naming what went missing."""
     missing = []
-    for section in ("datasets", "encoders", "features", "streams", "sae_runs", "sweeps",
+    for section in ("datasets", "encoders", "streams", "sae_runs", "sweeps",
                     "comparisons", "decoder_directions", "tables", "figures"):
         lost = set(paper.get(section, {})) - set(rehearsal.get(section, {}))
         missing += [f"{section}.{name}" for name in sorted(lost)]
-    for section in ("models", "tables", "averages", "layerwise", "comparative", "shuffle"):
+    for section in ("tables", "averages", "layerwise", "comparative", "shuffle"):
         lost = set(paper.get("sharedness", {}).get(section, {})) - set(
             rehearsal.get("sharedness", {}).get(section, {}))
         missing += [f"sharedness.{section}.{name}" for name in sorted(lost)]
