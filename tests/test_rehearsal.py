@@ -62,10 +62,36 @@ def test_sweeps_seeds_and_synthetic_values_shrink_to_two():
 
 
 def test_a_lost_entry_is_named():
-    paper = {"sae_runs": {"a": {}, "b": {}}, "sharedness": {"models": {"m": {}}}}
+    paper = {"sae_runs": {"a": {}, "b": {}}, "sharedness": {"tables": {"t": {}}}}
     with pytest.raises(ConfigError, match=r"lost entries of the paper config: sae_runs\.b, "
-                                          r"sharedness\.models\.m"):
-        scaling.check_same_shape(paper, {"sae_runs": {"a": {}}, "sharedness": {"models": {}}})
+                                          r"sharedness\.tables\.t"):
+        scaling.check_same_shape(paper, {"sae_runs": {"a": {}}, "sharedness": {"tables": {}}})
+
+
+def test_sharedness_compares_fewer_models_in_every_table_and_figure():
+    models = {m: {"encoder": f"enc_{m}", "n_layers": 24} for m in "abcdef"}
+    models["mamba"] = {"encoder": "enc_mamba", "n_layers": 4, "last_layer_only": True}
+    sharedness = {
+        "models": models,
+        "tables": {"t1": {"dataset": "coco", "sources": ["a", "b", "c", "mamba"], "targets": ["d", "e", "f"]},
+                   "t2": {"dataset": "laion", "sources": ["c", "a", "b"]}},
+        "averages": {"t3": {"rows": [{"dataset": "coco", "models": ["a", "c", "d", "e", "f"]},
+                                     {"dataset": "laion", "models": ["b", "f"]}]}},
+        "comparative": {"f3": {"dataset": "coco", "model": "a", "shared_with": ["b", "c"],
+                               "not_shared_with": ["f", "mamba"]}},
+        "shuffle": {"c": {"dataset": "coco", "source": "a", "target": "b"}}}
+    scaling.prune_sharedness_models(sharedness)
+    assert sharedness["tables"]["t1"]["sources"] == ["a", "b", "mamba"]  # last layer only: kept
+    assert sharedness["tables"]["t1"]["targets"] == ["d", "e"]
+    assert sharedness["tables"]["t2"]["sources"] == ["c", "a"]
+    rows = sharedness["averages"]["t3"]["rows"]
+    assert rows[0]["models"] == ["a", "d", "e"] and rows[1]["models"] == ["b", "f"]  # too few: first two
+    assert sharedness["comparative"]["f3"]["shared_with"] == ["b"]
+    assert sharedness["comparative"]["f3"]["not_shared_with"] == ["f"]
+    assert set(sharedness["models"]) == {"a", "b", "c", "d", "e", "f", "mamba"}  # each still named
+    del sharedness["comparative"], sharedness["averages"]
+    scaling.prune_sharedness_models(sharedness)
+    assert set(sharedness["models"]) == {"a", "b", "c", "d", "e", "mamba"}
 
 
 # ---- the whole rehearsal -------------------------------------------------------------------------
