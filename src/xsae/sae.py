@@ -133,17 +133,16 @@ def group_by_index(indices: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, to
 
 
 def sum_by_index(indices: torch.Tensor, coefficients: torch.Tensor, bags: torch.Tensor,
-                 vectors: torch.Tensor, n_rows: int,
-                 groups: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                 vectors: torch.Tensor, n_rows: int) -> torch.Tensor:
     """`[n_rows, d]` with row j = Σ over entries e with indices[e] = j of coefficients[e] · vectors[bags[e]].
 
     The weight gradient of a sparse decode or of selected logits. Entries are grouped by index
-    (`group_by_index`, or `groups` already computed) and each group summed by `embedding_bag`
-    over the rows of `vectors`: no `[n_entries, d]` intermediate and no zero-filled `[n_rows, d]`
-    buffer to scatter into. The sums run in entry order within each row (deterministic); on CPU
-    this is several times faster than `embedding_bag`'s own backward.
+    (`group_by_index`) and each group summed by `embedding_bag` over the rows of `vectors`: no
+    `[n_entries, d]` intermediate and no zero-filled `[n_rows, d]` buffer to scatter into. The
+    sums run in entry order within each row (deterministic); on CPU this is several times faster
+    than `embedding_bag`'s own backward.
     """
-    order, starts = groups if groups is not None else group_by_index(indices, n_rows)
+    order, starts = group_by_index(indices, n_rows)
     return F.embedding_bag(bags[order], vectors.contiguous(), starts, mode="sum",
                            per_sample_weights=coefficients[order].to(vectors.dtype))
 
