@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 from pathlib import Path
 
@@ -99,3 +100,18 @@ def tiny_config(unpacked: Path) -> dict:
 def write_config(config: dict, path: Path) -> Path:
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
+
+
+def job_counts(snakemake_output: str) -> dict[str, int]:
+    """Jobs per rule from the first "Job stats:" table Snakemake printed (empty when none)."""
+    if "Job stats:" not in snakemake_output:
+        return {}
+    table = snakemake_output.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        jobs[match.group(1)] = int(match.group(2))
+    jobs.pop("total", None)
+    return jobs

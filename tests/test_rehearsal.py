@@ -7,13 +7,13 @@ it. It takes the longest of the suite (see the README for its time on two cores)
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import job_counts
 
 from xsae import config, provenance, registry
 from xsae.errors import ConfigError
@@ -95,23 +95,11 @@ def test_sharedness_compares_fewer_models_in_every_table_and_figure():
 
 
 # ---- the whole rehearsal -------------------------------------------------------------------------
-def _job_counts(text: str) -> dict[str, int]:
-    table = text.split("Job stats:", 1)[1]
-    jobs = {}
-    for line in table.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        jobs[match.group(1)] = int(match.group(2))
-    jobs.pop("total", None)
-    return jobs
-
-
 def _paper_dry_run(tmp: Path) -> dict[str, int]:
     result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory",
                              str(tmp), "--configfile", str(PAPER), "-n"],
                             capture_output=True, text=True, check=True)
-    return _job_counts(result.stdout + result.stderr)
+    return job_counts(result.stdout + result.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +117,7 @@ def test_rehearsal_runs_every_rule_of_the_paper_dag(rehearsed, tmp_path):
     paper_jobs = _paper_dry_run(tmp_path)
     log = "\n".join(p.read_text(encoding="utf-8", errors="replace")
                     for p in sorted((rehearsed.workdir / ".snakemake" / "log").glob("*.log")))
-    ran = _job_counts(log)
+    ran = job_counts(log)
     assert set(ran) == set(paper_jobs), (set(paper_jobs) ^ set(ran))
 
 

@@ -7,7 +7,6 @@ encoders; it takes about a minute on two cores.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import N_USABLE, REPO, make_stamps_tree, tiny_config, write_config
+from helpers import N_USABLE, REPO, job_counts, make_stamps_tree, tiny_config, write_config
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -38,16 +37,7 @@ def planned_jobs(workdir: Path, configfile: Path | None = None, *args: str) -> d
     text = result.stdout + result.stderr
     if "Job stats:" not in text:
         assert "Nothing to be done" in text, text[-2000:]
-        return {}
-    table = text.split("Job stats:", 1)[1]
-    jobs = {}
-    for line in table.splitlines()[3:]:
-        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not match:
-            break
-        jobs[match.group(1)] = int(match.group(2))
-    jobs.pop("total", None)
-    return jobs
+    return job_counts(text)
 
 
 def test_default_dag_has_every_stage(tmp_path):
