@@ -106,7 +106,7 @@ def _paper_dry_run(tmp: Path) -> dict[str, int]:
 def rehearsed(tmp_path_factory):
     """The rehearsal of config/paper.yaml, run to the end once for this module."""
     root = tmp_path_factory.mktemp("rehearsal")
-    result = rehearse(PAPER, root, cores=2, port=0)
+    result = rehearse(PAPER, root, cores=2, port=0, snakemake_args=["--keep-going"])
     print(f"rehearsal of the paper DAG: {result.seconds:.0f} s", file=sys.stderr)
     return result
 
