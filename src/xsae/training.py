@@ -473,7 +473,8 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         if state["fingerprint"] == config.fingerprint():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
+            # map_location moved it to the device; a generator's state is always a CPU byte tensor
+            generator.set_state(state["generator"].cpu())
             step, rows, permutation = state["step"], state["rows"], state["permutation"]
             accumulated, interval_steps = state["accumulated"], state["interval_steps"]
             log.info("resumed from %s at step %d/%d", checkpoint_path, step, total_steps)
