@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 CORES ?= all
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup run report test lint clean gpu-check
+.PHONY: setup run report test rehearsal lint clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
+
+# The whole paper DAG at miniature scale, end to end (about an hour on 2 cores).
+rehearsal: setup
+	$(BIN)/python -m pytest -m rehearsal tests/test_rehearsal.py
 
 lint: setup
 	$(BIN)/ruff check .

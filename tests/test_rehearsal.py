@@ -1,8 +1,9 @@
 """The rehearsal: `config/paper.yaml` transformed to miniature scale keeps every run, rule, table and
 figure, and its whole DAG runs offline (loopback miniatures, tiny random encoders) end to end.
 
-The end-to-end test is the one place where every paper-only rule executes; a rule that breaks fails
-it. It takes the longest of the suite (see the README for its time on two cores).
+The end-to-end tests are the one place where every paper-only rule executes; a rule that breaks fails
+them. They take about an hour on two cores, so `make test` leaves them out: `make rehearsal` runs
+them.
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def rehearsed(tmp_path_factory):
     return result
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_rehearsal_runs_every_rule_of_the_paper_dag(rehearsed, tmp_path):
     assert rehearsed.returncode == 0, f"the rehearsal failed: see {rehearsed.workdir}/results/logs"
     paper_jobs = _paper_dry_run(tmp_path)
@@ -121,7 +122,7 @@ def test_rehearsal_runs_every_rule_of_the_paper_dag(rehearsed, tmp_path):
     assert set(ran) == set(paper_jobs), (set(paper_jobs) ^ set(ran))
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_every_paper_item_is_rendered_beside_its_published_numbers(rehearsed, monkeypatch):
     assert rehearsed.returncode == 0
     paper = config.load_files([PAPER])
@@ -143,7 +144,7 @@ def test_every_paper_item_is_rendered_beside_its_published_numbers(rehearsed, mo
             assert entry.id in scorecard or entry.label in scorecard, entry.id
 
 
-@pytest.mark.slow
+@pytest.mark.rehearsal
 def test_every_table_traces_back_to_a_download(rehearsed, monkeypatch):
     assert rehearsed.returncode == 0
     monkeypatch.chdir(rehearsed.workdir)
