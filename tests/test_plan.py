@@ -256,3 +256,16 @@ def test_cli_flags_the_paper_configs_sharedness_saes(capsys, monkeypatch):
     assert len(synthetic) == 72 and (synthetic["steps"] == 1960).all() and (synthetic["flag"] == "").all()
     totals = {(t["stage"], t["group"]): t for t in document["totals"]}
     assert totals["all", "total"]["gpu_hours"] > 0 and totals["all", "total"]["disk_gb"] > 1000
+
+
+def test_a_config_with_nothing_to_train_or_extract_plans_zero(tmp_path):
+    """Datasets alone (as a download-only config has): every total is zero, and the tables render."""
+    cfg = validate({"datasets": {"coco": {"kind": "coco2017"}},
+                    "encoders": {"minilm": {"loader": "minilm_l6_v2"}}, "features": {}})
+    planned = plan.make_plan(cfg)
+    summary = plan.summary_frame(planned)
+    total = summary[(summary["stage"] == "all") & (summary["group"] == "total")].iloc[0]
+    assert total["jobs"] == 0 and total["gpu_hours"] == 0 and total["disk_gb"] == 0
+    outputs = {ext: tmp_path / f"plan.{ext}" for ext in ("csv", "md", "tex")}
+    plan.write_tables(planned, outputs)
+    assert all(path.is_file() for path in outputs.values())

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -998,7 +998,8 @@ def costs_frame(plan: Plan) -> pd.DataFrame:
 def summary_frame(plan: Plan) -> pd.DataFrame:
     """Per stage and group: jobs, GPU- and CPU-hours, disk, peak memory and flagged jobs; then a
     total per stage and an overall total (hours and disk summed, memory the largest)."""
-    frame = pd.DataFrame([asdict(row) for row in plan.costs])
+    # columns named, so that a config with nothing to train or extract gives a table of zeros
+    frame = pd.DataFrame([asdict(row) for row in plan.costs], columns=[f.name for f in fields(CostRow)])
     flagged = {job.job for job in plan.flagged}
     frame["flagged"] = frame["job"].isin(flagged) & (frame["stage"] == "training")
     frame["gpu_hours"] = frame["hours"].where(frame["device"] == "gpu", 0.0)
