@@ -269,3 +269,11 @@ def test_a_config_with_nothing_to_train_or_extract_plans_zero(tmp_path):
     outputs = {ext: tmp_path / f"plan.{ext}" for ext in ("csv", "md", "tex")}
     plan.write_tables(planned, outputs)
     assert all(path.is_file() for path in outputs.values())
+
+
+def test_a_cap_per_split_caps_each_split():
+    cfg = validate({"datasets": {"oi": {"kind": "open_images_v7",
+                                        "options": {"max_images": {"train": 40, "test": None}}}}})
+    data = plan.load_data()
+    assert plan.dataset_count(cfg, "oi", "train", data).count == 40
+    assert plan.dataset_count(cfg, "oi", "test", data).count > 40

@@ -203,6 +203,8 @@ def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: Pla
             table = "per_caption"
         count = _count((sizes.get(table) or {}).get(split), where, f"kinds.{kind}.{table}.{split}")
     cap = options.get("max_images")
+    if isinstance(cap, Mapping):  # a cap per split
+        cap = cap.get(split)
     if kind in CAPPED_KINDS and cap is not None and cap < count.count:
         count = Count(int(cap), f"datasets.{dataset}.options.max_images (of {count.count:,})")
     return count
