@@ -88,17 +88,19 @@ def last_layer(config: Mapping[str, Any], model: str) -> int:
     return int(_section(config)["models"][model]["n_layers"]) - 1
 
 
-def _uses(config: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
-    """Every (where, dataset, model, scope) the section asks for; scope is 'all' or 'last'."""
+def model_uses(config: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Every (where, dataset, model, scope) the section asks for; scope is 'all' or 'last' (None in a
+    config not yet validated that leaves a table's layers to the default)."""
     spec = _section(config)
     uses: list[tuple[str, str, str, str]] = []
     for name, table in spec.get("tables", {}).items():
         for model in [*table["sources"], *(table.get("targets") or [])]:
-            uses.append((f"sharedness.tables.{name}", table["dataset"], model, table["layers"]))
+            uses.append((f"sharedness.tables.{name}", table["dataset"], model, table.get("layers")))
     for name, average in spec.get("averages", {}).items():
         for i, row in enumerate(average["rows"]):
             for model in row["models"]:
-                uses.append((f"sharedness.averages.{name}.rows[{i}]", row["dataset"], model, row["layers"]))
+                uses.append((f"sharedness.averages.{name}.rows[{i}]", row["dataset"], model,
+                             row.get("layers")))
     for name, figure in spec.get("layerwise", {}).items():
         for panel in figure["panels"]:
             for model in panel:
@@ -117,7 +119,7 @@ def layers_needed(config: Mapping[str, Any]) -> dict[tuple[str, str], list[int]]
     some use compares all layers, else only the last (e.g. MambaVision in the paper)."""
     spec = _section(config)
     scopes: dict[tuple[str, str], set[str]] = {}
-    for _, dataset, model, scope in _uses(config):
+    for _, dataset, model, scope in model_uses(config):
         scopes.setdefault((dataset, model), set()).add(scope)
     needed = {}
     for (dataset, model), wanted in scopes.items():
@@ -247,7 +249,7 @@ def validate_sharedness(config: dict[str, Any], validator: Any, source: str = "c
         if spec["training_data"] == "tokens" and not encoder.get("layer_tokens"):
             problems.append(f"  {key}.encoder: training_data tokens needs encoders.{model['encoder']}."
                             "layer_tokens > 0")
-    for where, dataset, model, scope in _uses(config):
+    for where, dataset, model, scope in model_uses(config):
         if model not in spec["models"]:
             problems.append(f"  {where}: unknown model {model!r}; defined models: "
                             f"{', '.join(sorted(spec['models']))}")

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xsae.errors import ConfigError
+from xsae.sharedness_runs import model_uses
 
 #: SAE width and TopK k are divided so that a run stays a few hundred latents at most.
 LATENT_DIVISOR = 128
@@ -162,15 +163,7 @@ def prune_sharedness_models(sharedness: dict[str, Any]) -> None:
     for spec in sharedness.get("comparative", {}).values():
         spec["shared_with"] = spec["shared_with"][:1]
         spec["not_shared_with"] = spec["not_shared_with"][:1]
-    referenced = set().union(*named.values()) if named else set()
-    for spec in sharedness.get("averages", {}).values():
-        referenced.update(m for row in spec["rows"] for m in row["models"])
-    for spec in sharedness.get("layerwise", {}).values():
-        referenced.update(m for panel in spec["panels"] for m in panel)
-    for spec in sharedness.get("comparative", {}).values():
-        referenced.update([spec["model"], *spec["shared_with"], *spec["not_shared_with"]])
-    for spec in sharedness.get("shuffle", {}).values():
-        referenced.update([spec["source"], spec["target"]])
+    referenced = {model for _, _, model, _ in model_uses({"sharedness": sharedness})}
     sharedness["models"] = {name: spec for name, spec in models.items() if name in referenced}
 
 
@@ -191,23 +184,6 @@ def scale_sharedness(sharedness: Mapping[str, Any], layer_count: Callable[[str],
     return scaled
 
 
-def _sharedness_uses(sharedness: Mapping[str, Any]) -> set[tuple[str, str]]:
-    """(dataset, model) of every sharedness table, average, figure and shuffle test."""
-    uses = set()
-    for spec in sharedness.get("tables", {}).values():
-        uses.update((spec["dataset"], m) for m in [*spec["sources"], *(spec.get("targets") or ())])
-    for spec in sharedness.get("averages", {}).values():
-        uses.update((row["dataset"], m) for row in spec["rows"] for m in row["models"])
-    for spec in sharedness.get("layerwise", {}).values():
-        uses.update((spec["dataset"], m) for panel in spec["panels"] for m in panel)
-    for spec in sharedness.get("comparative", {}).values():
-        uses.update((spec["dataset"], m)
-                    for m in [spec["model"], *spec["shared_with"], *spec["not_shared_with"]])
-    for spec in sharedness.get("shuffle", {}).values():
-        uses.update((spec["dataset"], m) for m in (spec["source"], spec["target"]))
-    return uses
-
-
 def used_features(config: Mapping[str, Any]) -> dict[str, list[str]]:
     """`features` less the encoders nothing reads on a dataset (after sharedness models were
     pruned): SAE runs' streams, comparisons' runs and scores, per-layer sharedness SAEs."""
@@ -226,7 +202,8 @@ def used_features(config: Mapping[str, Any]) -> dict[str, list[str]]:
                         for role in ("image_encoder", "text_encoder"))
     sharedness = config.get("sharedness") or {}
     models = sharedness.get("models", {})
-    used.update((dataset, models[m]["encoder"]) for dataset, m in _sharedness_uses(sharedness))
+    used.update((dataset, models[m]["encoder"])
+                for _, dataset, m, _ in model_uses({"sharedness": sharedness}))
     kept = {dataset: [e for e in encoders if (dataset, e) in used]
             for dataset, encoders in config.get("features", {}).items()}
     return {dataset: encoders for dataset, encoders in kept.items() if encoders}
