@@ -24,14 +24,14 @@ import yaml
 from xsae import config as config_module
 from xsae.errors import DataError
 from xsae.io import write_text
+from xsae.provenance import REPO_ROOT
 from xsae.rehearsal import config as scaling
 from xsae.rehearsal.datasets import DEFAULT_PORT, served_miniatures
 from xsae.rehearsal.encoders import tiny_encoders, tiny_layer_count
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[3]
-SNAKEFILE = REPO / "Snakefile"
+SNAKEFILE = REPO_ROOT / "Snakefile"
 #: Samples per forward pass of the stand-in encoders: with models this small, per-batch overhead
 #: would otherwise dominate extraction.
 REHEARSAL_BATCH = 64
