@@ -17,8 +17,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --no-deps "mambavision==1.2.0"
 	touch $@
 
+# Jobs start from a preloaded interpreter (`xsae run`); `make run RUN=snakemake` starts each cold.
+RUN ?= xsae run --
 run: setup
-	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/$(RUN) --cores $(CORES)
 	$(BIN)/snakemake --report results/report.html
 
 test: setup

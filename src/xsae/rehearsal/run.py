@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +27,7 @@ from xsae.provenance import REPO_ROOT
 from xsae.rehearsal import config as scaling
 from xsae.rehearsal.datasets import DEFAULT_PORT, served_miniatures
 from xsae.rehearsal.encoders import tiny_encoders, tiny_layer_count
+from xsae.warm_start import run_snakemake
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +69,10 @@ def _environment() -> dict[str, str]:
 
 
 def rehearse(paper_path: str | Path, root: str | Path, *, cores: int = 2, port: int = DEFAULT_PORT,
-             snakemake_args: Sequence[str] = (), seed: int = 0) -> Rehearsal:
+             snakemake_args: Sequence[str] = (), seed: int = 0, warm: bool = True) -> Rehearsal:
     """Build everything under `root`, serve the miniatures and run Snakemake on the rehearsal
-    config in `root/work` (extra `snakemake_args`, e.g. `-n`, are passed through)."""
+    config in `root/work` (extra `snakemake_args`, e.g. `-n`, are passed through; `warm`: jobs
+    start from a preloaded interpreter, `xsae.warm_start`)."""
     root = Path(root).resolve()
     paper = config_module.read_file(paper_path)
     config_path = root / "config.yaml"
@@ -93,7 +94,7 @@ def rehearse(paper_path: str | Path, root: str | Path, *, cores: int = 2, port: 
         write_text(config_path, header + yaml.safe_dump(rehearsal, sort_keys=False))
         config_module.load_files([config_path])  # fails here, naming the key, if the transform broke
         logger.info("prepared in %.1f s: %s", time.perf_counter() - started, config_path)
-        command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
-                   "--configfile", str(config_path), "--cores", str(cores), *snakemake_args]
-        returncode = subprocess.run(command, env=_environment(), check=False).returncode
+        args = ["-s", str(SNAKEFILE), "--directory", str(workdir), "--configfile", str(config_path),
+                "--cores", str(cores), *snakemake_args]
+        returncode = run_snakemake(args, warm=warm, env=_environment())
     return Rehearsal(config_path, workdir, returncode, time.perf_counter() - started)
