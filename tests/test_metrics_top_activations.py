@@ -77,3 +77,25 @@ def test_rejects_bad_arguments():
     for latents in ([1, 1], [4], [-1]):
         with pytest.raises(ValueError):
             top_activating(CODES, 4, latents=latents)
+
+
+
+def test_the_figure_finds_coco_sample_ids_read_back_from_csv(tmp_path):
+    """COCO's sample ids are zero-padded digits: read back as numbers they match no manifest row (the
+    figure raised KeyError on COCO)."""
+    import pandas as pd
+    from PIL import Image
+
+    from xsae import figures
+
+    image = tmp_path / "000000262110.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(image)
+    manifest = pd.DataFrame({"sample_id": ["000000262110"], "image_path": [str(image)],
+                             "caption": ["a red square"]})
+    path = tmp_path / "top.csv"
+    path.write_text("stream,latent,rank,sample_id,value\nimage,3,0,000000262110,1.5\n")
+    top = figures.read_top_activations(path)
+    assert top["sample_id"].tolist() == ["000000262110"]
+    figure = figures.top_activations_figure(top, manifest, [3], per_stream=2)
+    titles = [ax.get_title() for ax in figure.axes]
+    assert any("a red square" in title and "1.500" in title for title in titles), titles

@@ -169,6 +169,12 @@ def pick_latents(top: pd.DataFrame, n: int) -> list[int]:
     return chosen.index[:n].tolist()
 
 
+def read_top_activations(path: str | Path) -> pd.DataFrame:
+    """A top-activations table as written, sample ids as text: COCO's "000000262110" read as a
+    number would match no manifest row."""
+    return pd.read_csv(path, dtype={"sample_id": str})
+
+
 def top_activations_figure(top: pd.DataFrame, manifest: pd.DataFrame, latents: Sequence[int],
                            per_stream: int = 5, title: str = "") -> plt.Figure:
     """SPARC Figures 3, 11–13: for each latent, its top samples in each stream (image and caption)."""

@@ -1,13 +1,12 @@
 """Top-activating samples of chosen latents in every stream (rule figure_top_activations)."""
 
-import pandas as pd
 
 from xsae import figures, provenance
 from xsae.datasets.manifest import read_manifest
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake):
-    top = pd.read_csv(snakemake.input.top)
+    top = figures.read_top_activations(snakemake.input.top)
     latents = figures.pick_latents(top, snakemake.params.n_latents)
     figure = figures.top_activations_figure(top, read_manifest(snakemake.input.manifest), latents,
                                             per_stream=snakemake.params.per_stream,

@@ -10,7 +10,7 @@ from xsae.workflow import script
 with script(snakemake) as log, provenance.from_snakemake(snakemake):
     spec, labels = snakemake.params.spec, snakemake.params.facts["labels"]
     ranking = pd.read_csv(snakemake.input.ranking)
-    top = pd.read_csv(snakemake.input.top, dtype={"sample_id": str})
+    top = figures.read_top_activations(snakemake.input.top)
     shared = ", ".join(labels[m] for m in spec["shared_with"])
     not_shared = ", ".join(labels[m] for m in spec["not_shared_with"])
     title = spec["caption"] or (f"{labels[spec['model']]} features shared with every one of "
