@@ -27,7 +27,7 @@ test: setup
 	$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$status
 
-# The whole paper DAG at miniature scale, end to end (about an hour on 2 cores).
+# The whole paper DAG at miniature scale, end to end (about 7 minutes on 2 cores; `make test` runs it too).
 rehearsal: setup
 	$(BIN)/python -m pytest -m rehearsal tests/test_rehearsal.py
 

@@ -73,6 +73,8 @@ def _dry(argv: list[str]) -> list[str]:
         return argv if "-n" in argv or "--dry-run" in argv else [*argv, "-n"]
     if program == "python" and argv[1].startswith("bench/"):
         return [*argv, "--help"]
+    if program == "xsae" and argv[1] == "run":
+        return [*argv, "-n"]  # argv ends with Snakemake's arguments
     if program == "xsae" and argv[1] == "rehearsal":
         return [*argv, "--", "-n"]  # builds the miniatures and lists the rehearsal's jobs
     if program == "xsae":
@@ -101,7 +103,7 @@ def test_readme_command_works_from_a_fresh_clone(clone, command):
         assert f"{argv[2]}: no provenance record" in output
         return
     assert result.returncode == 0, f"{command!r} failed in a fresh clone:\n{output[-3000:]}"
-    if argv[0] == "snakemake" or argv[1:2] == ["rehearsal"]:
+    if argv[0] == "snakemake" or argv[1:2] in (["rehearsal"], ["run"]):
         assert "Job stats:" in output, output[-2000:]
         paper = "config/paper.yaml" in argv
         # the paper config runs the paper DAG and nothing of the embedded default, and vice versa

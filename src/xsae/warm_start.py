@@ -286,7 +286,7 @@ def warm_interpreter(modules: Sequence[str] | None = None) -> Iterator[Path]:
 def run_snakemake(args: Sequence[str], *, warm: bool = True, env: dict[str, str] | None = None) -> int:
     """Run `snakemake ARGS` in a subprocess; with `warm`, its script jobs start warm. Returns its
     exit status."""
-    if not warm:
+    if not warm or {"-n", "--dry-run", "--dryrun"} & set(args):  # a dry run starts no job
         return subprocess.run([sys.executable, "-m", "snakemake", *args], env=env, check=False).returncode
     with warm_interpreter() as wrapper:
         command = [sys.executable, "-m", "xsae.warm_start", "snakemake", str(wrapper), *args]
