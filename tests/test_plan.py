@@ -141,7 +141,7 @@ def test_stage_totals_are_the_sums_of_the_rows(tmp_path, config):
     for stage in ("extraction", "training", "evaluation"):
         part = rows[rows["stage"] == stage]
         total = summary[(summary["stage"] == stage) & (summary["group"] == "total")].iloc[0]
-        assert total["jobs"] == len(part)
+        assert total["items"] == len(part)
         assert math.isclose(total["gpu_hours"], part.loc[part["device"] == "gpu", "hours"].sum())
         assert math.isclose(total["cpu_hours"], part.loc[part["device"] == "cpu", "hours"].sum())
         assert math.isclose(total["disk_gb"], part["disk_gb"].sum())
@@ -265,7 +265,7 @@ def test_a_config_with_nothing_to_train_or_extract_plans_zero(tmp_path):
     planned = plan.make_plan(cfg)
     summary = plan.summary_frame(planned)
     total = summary[(summary["stage"] == "all") & (summary["group"] == "total")].iloc[0]
-    assert total["jobs"] == 0 and total["gpu_hours"] == 0 and total["disk_gb"] == 0
+    assert total["items"] == 0 and total["gpu_hours"] == 0 and total["disk_gb"] == 0
     outputs = {ext: tmp_path / f"plan.{ext}" for ext in ("csv", "md", "tex")}
     plan.write_tables(planned, outputs)
     assert all(path.is_file() for path in outputs.values())

@@ -998,8 +998,12 @@ def costs_frame(plan: Plan) -> pd.DataFrame:
 
 
 def summary_frame(plan: Plan) -> pd.DataFrame:
-    """Per stage and group: jobs, GPU- and CPU-hours, disk, peak memory and flagged jobs; then a
-    total per stage and an overall total (hours and disk summed, memory the largest)."""
+    """Per stage and group: costed items, GPU- and CPU-hours, disk, peak memory and flagged jobs;
+    then a total per stage and an overall total (hours and disk summed, memory the largest).
+
+    An item is one unit of work priced on its own: one extraction, one SAE trained, one
+    evaluation (a sharedness evaluation per layer pair). Snakemake's jobs group or split them
+    differently; `snakemake -n` counts those."""
     # columns named, so that a config with nothing to train or extract gives a table of zeros
     frame = pd.DataFrame([asdict(row) for row in plan.costs], columns=[f.name for f in fields(CostRow)])
     flagged = {job.job for job in plan.flagged}
@@ -1008,7 +1012,7 @@ def summary_frame(plan: Plan) -> pd.DataFrame:
     frame["cpu_hours"] = frame["hours"].where(frame["device"] == "cpu", 0.0)
 
     def summarize(part: pd.DataFrame, stage: str, group: str) -> dict[str, Any]:
-        return {"stage": stage, "group": group, "jobs": len(part), "gpu_hours": part["gpu_hours"].sum(),
+        return {"stage": stage, "group": group, "items": len(part), "gpu_hours": part["gpu_hours"].sum(),
                 "cpu_hours": part["cpu_hours"].sum(), "disk_gb": part["disk_bytes"].sum() / GB,
                 "peak_memory_gb": part["memory_bytes"].max() / GB if len(part) else 0.0,
                 "flagged": int(part["flagged"].sum())}
@@ -1061,11 +1065,13 @@ def totals_lines(plan: Plan) -> list[str]:
     """The totals per stage and overall, and the flagged jobs grouped by family and dataset."""
     summary = summary_frame(plan)
     total = summary[(summary["stage"] == "all")].iloc[0]
-    lines = [f"Totals ({plan.source}, planned for {plan.device.upper()}): {int(total['jobs']):,} jobs, "
+    lines = [f"Totals ({plan.source}, planned for {plan.device.upper()}): "
+             f"{int(total['items']):,} costed items (extractions, SAEs, evaluations; `snakemake -n` "
+             "counts the DAG's jobs), "
              f"{total['gpu_hours']:,.1f} GPU-hours, {total['cpu_hours']:,.1f} CPU-hours, "
              f"{total['disk_gb']:,.1f} GB on disk, peak memory {total['peak_memory_gb']:,.1f} GB"]
     for _, row in summary[(summary["group"] == "total") & (summary["stage"] != "all")].iterrows():
-        lines.append(f"  {row['stage']}: {int(row['jobs']):,} jobs, {row['gpu_hours']:,.1f} GPU-h, "
+        lines.append(f"  {row['stage']}: {int(row['items']):,} items, {row['gpu_hours']:,.1f} GPU-h, "
                      f"{row['cpu_hours']:,.1f} CPU-h, {row['disk_gb']:,.1f} GB, "
                      f"peak {row['peak_memory_gb']:,.1f} GB")
     flagged = plan.flagged
