@@ -159,3 +159,9 @@ def test_cluster_runs_keep_the_real_interpreter():
     assert not warm_start.runs_locally(["--profile", "slurm", "-n"])
     assert not warm_start.runs_locally(["--executor=slurm"])
     assert not warm_start.runs_locally(["-e", "slurm"])
+
+
+def test_jobs_find_the_interpreters_tools_without_an_activated_venv():
+    env = warm_start.job_environment({"PATH": "/usr/bin:/bin", "OTHER": "x"})
+    assert env["PATH"].split(os.pathsep) == [str(Path(sys.executable).parent), "/usr/bin", "/bin"]
+    assert env["OTHER"] == "x"

@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -283,9 +283,18 @@ def warm_interpreter(modules: Sequence[str] | None = None) -> Iterator[Path]:
                 server.wait()
 
 
-def run_snakemake(args: Sequence[str], *, warm: bool = True, env: dict[str, str] | None = None) -> int:
-    """Run `snakemake ARGS` in a subprocess; with `warm`, its script jobs start warm. Returns its
-    exit status."""
+def job_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`env` (default: this process's) with this interpreter's folder first on PATH: notebook rules
+    call papermill from it, also when the virtual environment was never activated."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def run_snakemake(args: Sequence[str], *, warm: bool = True, env: Mapping[str, str] | None = None) -> int:
+    """Run `snakemake ARGS` in a subprocess (`job_environment(env)`); with `warm`, its script jobs
+    start warm. Returns its exit status."""
+    env = job_environment(env)
     if not warm or {"-n", "--dry-run", "--dryrun"} & set(args):  # a dry run starts no job
         return subprocess.run([sys.executable, "-m", "snakemake", *args], env=env, check=False).returncode
     with warm_interpreter() as wrapper:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,12 +60,6 @@ class Rehearsal:
     seconds: float
 
 
-def _environment() -> dict[str, str]:
-    """The jobs' PATH starts with this interpreter's folder: notebook rules call papermill from it."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "PATH": path}
-
-
 def rehearse(paper_path: str | Path, root: str | Path, *, cores: int = 2, port: int = DEFAULT_PORT,
              snakemake_args: Sequence[str] = (), seed: int = 0, warm: bool = True) -> Rehearsal:
     """Build everything under `root`, serve the miniatures and run Snakemake on the rehearsal
@@ -96,5 +88,5 @@ def rehearse(paper_path: str | Path, root: str | Path, *, cores: int = 2, port: 
         logger.info("prepared in %.1f s: %s", time.perf_counter() - started, config_path)
         args = ["-s", str(SNAKEFILE), "--directory", str(workdir), "--configfile", str(config_path),
                 "--cores", str(cores), *snakemake_args]
-        returncode = run_snakemake(args, warm=warm, env=_environment())
+        returncode = run_snakemake(args, warm=warm)
     return Rehearsal(config_path, workdir, returncode, time.perf_counter() - started)
