@@ -57,6 +57,7 @@ rule manifest_prompts:
     log:
         "results/logs/manifest_prompts/{dataset}.log",
     conda:
-        "../envs/download.yaml"
+        # the class names and prompt templates of CLIP's zero-shot evaluation come from open_clip
+        "../envs/extract.yaml"
     script:
         "../workflow/scripts/manifest_prompts.py"

@@ -12,7 +12,6 @@ import torch
 from xsae import config
 from xsae.comparisons import (
     comparison_runs,
-    comparison_table,
     encode_pairs,
     group_captions,
     leaf_label_sets,
@@ -21,6 +20,7 @@ from xsae.comparisons import (
 )
 from xsae.datasets.manifest import Label
 from xsae.errors import ConfigError
+from xsae.heterogeneity_tables import comparison_table
 from xsae.sae import SAEConfig, SparseAutoencoder
 
 BASE = {

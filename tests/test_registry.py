@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from helpers import REPO
 
-from xsae import comparisons, registry, sharedness_tables, tables
+from xsae import heterogeneity_tables, registry, sharedness_tables, tables
 from xsae.config import load
 
 MAP_CANDIDATES = [REPO / "shared" / "REPRODUCTION_MAP.md", REPO.parent / "shared" / "REPRODUCTION_MAP.md"]
@@ -215,7 +215,7 @@ def test_pairs_of_comparison_and_sharedness_tables_as_rendered(tmp_path):
     metrics = {("shared", s): pd.DataFrame({"metric": ["i2t_r1", "coco_mse"], "value": [v, 0.1]})
                for s, v in ((1, 5.0), (2, 7.0))}
     reference = {"shared": {"i2t_r1": 6.5, "i2t_r1_std": 0.4, "coco_mse": 0.09}}
-    table = comparisons.comparison_table(metrics, ["shared", "modality_specific"], reference)
+    table = heterogeneity_tables.comparison_table(metrics, ["shared", "modality_specific"], reference)
     path = tmp_path / "comparison.csv"
     table.to_csv(path, index=False)  # as rendered: read back from the CSV
     pairs = registry.table_pairs(path, "comparison").set_index("column")

@@ -7,7 +7,8 @@ import pytest
 
 from xsae import config
 from xsae.errors import ConfigError
-from xsae.synthetic_experiments import experiments, generator_config, run_entry, summarize
+from xsae.heterogeneity_tables import summarize
+from xsae.synthetic_experiments import experiments, generator_config, run_entry
 
 BASE = {"datasets": {"tux": {"kind": "tuxpaint_stamps"}}, "encoders": {"e": {"loader": "efficientnet_lite0"}},
         "features": {"tux": ["e"]}}

@@ -43,18 +43,6 @@ from xsae.sae import Codes, SparseAutoencoder
 
 TRAINED_METHODS = ("shared", "shared_iso_energy", "shared_group_sparse", "modality_specific")
 METHODS = (*TRAINED_METHODS, "modality_specific_post_hoc")
-#: Table 1's columns, in order (MSE; recalls and accuracy in percent).
-TABLE_COLUMNS = (
-    "coco_mse",
-    "i2t_r1",
-    "i2t_r5",
-    "i2t_r10",
-    "t2i_r1",
-    "t2i_r5",
-    "t2i_r10",
-    "imagenet_mse",
-    "zero_shot",
-)
 IMAGE, TEXT = 0, 1
 
 
@@ -423,48 +411,6 @@ def evaluate_run(
             raise DataError(f"{inputs['external_image']}: rows differ from {inputs['retrieval_image']}")
         mono = score_monosemanticity(model, pairs, ext_image, ext_text)
     return metrics, steering, mono
-
-
-def comparison_table(
-    metrics: Mapping[tuple[str, int], pd.DataFrame],
-    methods: Sequence[str],
-    reference: Mapping[str, Mapping[str, float]] | None = None,
-) -> pd.DataFrame:
-    """Table 1 layout: one row per method (mean and spread over seeds), then the published rows.
-
-    `metrics`: (method, seed) → that run's tidy metrics. Columns that a run did not measure (no
-    zero-shot dataset, say) are left empty.
-    """
-    rows = []
-    for method in methods:
-        values = {}
-        for (m, _), frame in metrics.items():
-            if m == method:
-                for metric, value in zip(frame["metric"], frame["value"], strict=True):
-                    values.setdefault(metric, []).append(float(value))
-        row = {
-            "method": method,
-            "source": "reproduced",
-            "runs": max((len(v) for v in values.values()), default=0),
-        }
-        for column in TABLE_COLUMNS:
-            data = np.asarray(values.get(column, []), dtype=float)
-            row[column] = float(data.mean()) if data.size else float("nan")
-            row[f"{column}_std"] = float(data.std(ddof=1)) if data.size > 1 else float("nan")
-        rows.append(row)
-    for method in methods if reference else ():
-        published = reference.get(method)
-        if published:
-            rows.append(
-                {
-                    "method": method,
-                    "source": "paper",
-                    "runs": 3,
-                    **{c: published.get(c, float("nan")) for c in TABLE_COLUMNS},
-                    **{f"{c}_std": published.get(f"{c}_std", float("nan")) for c in TABLE_COLUMNS},
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 @torch.no_grad()

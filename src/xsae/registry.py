@@ -347,7 +347,7 @@ LAYOUTS = {
     "sparc_retrieval": Layout(marker="source", keys=("TopK", "λ"), where={"inference": "local"}),
     # Table 3 and 7–13 (xsae.tables.r2_table): "<configuration>: <source> (paper)" columns
     "r2_columns": Layout(keys=("target",), paper_suffix=" (paper)"),
-    # heterogeneity Tables 1–4 (xsae.comparisons.comparison_table): spread in <column>_std
+    # heterogeneity Tables 1–4 (xsae.heterogeneity_tables.comparison_table): spread in <column>_std
     "comparison": Layout(marker="source", keys=("method",), ignore=("runs",), spread_suffix="_std"),
     # sharedness (xsae.sharedness_tables): numbers reproduced/paper/difference
     "sharedness_matrix": Layout(marker="numbers", keys=("modality", "source"), diagonal="source"),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -209,12 +209,3 @@ def train_and_score(
         summary,
     )
     return pd.DataFrame(rows)
-
-
-def summarize(metrics: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Mean and standard deviation over seeds of every (method, distance, multiplier, metric)."""
-    tidy = pd.concat(list(metrics), ignore_index=True)
-    keys = ["method", "distance", "multiplier", "metric"]
-    grouped = tidy.groupby(keys, dropna=False)["value"]
-    table = grouped.agg(mean="mean", std="std", runs="count").reset_index()
-    return table.sort_values(keys, na_position="first").reset_index(drop=True)

@@ -3,8 +3,8 @@
 import pandas as pd
 
 from xsae import figures, provenance
+from xsae.heterogeneity_tables import summarize
 from xsae.io import atomic_path
-from xsae.synthetic_experiments import summarize
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake):

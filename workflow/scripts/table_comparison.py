@@ -3,7 +3,7 @@
 import pandas as pd
 
 from xsae import provenance, tables
-from xsae.comparisons import comparison_table
+from xsae.heterogeneity_tables import comparison_table
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake):
