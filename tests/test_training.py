@@ -127,6 +127,26 @@ def test_resume_is_bit_identical(small, tmp_path, checkpoint_every, stop, option
                                   check_exact=True)
 
 
+class _Planted:
+    """Pickles to a call of `os.system`: what a planted checkpoint could run when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_planted_checkpoint_runs_no_code(small, tmp_path):
+    path, marker = tmp_path / "ckpt.pt", tmp_path / "ran"
+    torch.save({"fingerprint": tcfg().fingerprint(), "payload": _Planted(marker)}, path)
+    with pytest.raises(DataError, match=r"ckpt\.pt: not a training checkpoint this trainer wrote"):
+        train(fresh(), [small], tcfg(), checkpoint_path=path, progress=False)
+    assert not marker.exists()
+
+
 def test_resume_with_other_logging_cadence(small, tmp_path):
     """log_every and checkpoint_every are not part of the fingerprint: the checkpoint is resumed."""
     config = tcfg(checkpoint_every=6)

@@ -20,11 +20,13 @@ import inspect
 import json
 import logging
 import math
+import pickle
 import sys
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -500,7 +502,7 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
     interval_steps = 0
     checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
     if checkpoint_path and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = _load_checkpoint(checkpoint_path, device)
         if state["fingerprint"] == config.fingerprint():
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -597,6 +599,16 @@ def _log_row(model: SparseAutoencoder, accumulated: dict[str, torch.Tensor], n: 
         bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
         raise FloatingPointError(f"non-finite loss at step {step}: {', '.join(bad)}")
     return row
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
+    """Tensors and plain containers only (`weights_only`): a checkpoint planted in a shared results
+    folder cannot run code when it is read."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        raise DataError(f"{path}: not a training checkpoint this trainer wrote ({str(exc).splitlines()[0]}); "
+                        "delete it to train from the start") from exc
 
 
 def _save_checkpoint(path: Path, model, optimizer, generator, config: TrainingConfig,
