@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -322,6 +324,29 @@ def test_save_load_round_trip(tmp_path):
 
     with safe_open(str(path), framework="pt") as handle:
         assert handle.metadata()["run"] == '"r1"'
+
+
+def test_the_same_weights_save_to_the_same_bytes(tmp_path):
+    """safetensors orders metadata keys at random; the saved file must not (provenance hashes it)."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    model = make(dims=(5, 3), L=8, k=3, topk="local")
+    metadata = {f"key_{i}": i for i in range(12)}
+    digests = set()
+    for i in range(6):
+        path = tmp_path / f"sae{i}.safetensors"
+        model.save(path, extra_metadata=metadata)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    assert size % 8 == 0
+    keys = list(json.loads(raw[8:8 + size])["__metadata__"])
+    assert keys == sorted(keys) and "sae_config" in keys
+    for name, tensor in load_file(str(path)).items():
+        assert torch.equal(tensor, model.state_dict()[name]), name
 
 
 def test_load_missing_file(tmp_path):

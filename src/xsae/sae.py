@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from xsae.errors import DataError
@@ -157,6 +157,21 @@ def embedding_bag_weight_grad(indices: torch.Tensor, coefficients: torch.Tensor,
     n_bags, k = indices.shape
     bags = torch.arange(n_bags, device=indices.device).repeat_interleave(k)
     return sum_by_index(indices.reshape(-1), coefficients.reshape(-1), bags, vectors, n_rows)
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A safetensors file whose bytes depend on its contents only: `safetensors` writes the
+    metadata keys in a random order (a hash map), so the same weights hashed differently in
+    provenance from run to run. The header is rewritten with them sorted (padded to 8 bytes, as
+    the format does); tensor entries and data are as `safetensors` wrote them."""
+    raw = save(tensors, metadata=metadata)
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + raw[8 + size:]
 
 
 class _BagSums(torch.autograd.Function):
@@ -444,7 +459,7 @@ class SparseAutoencoder(nn.Module):
             metadata.update({k: json.dumps(v) for k, v in extra_metadata.items()})
         tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
         with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+            Path(tmp).write_bytes(safetensors_bytes(tensors, metadata))
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
