@@ -223,7 +223,7 @@ def test_cli_json(jobs, capsys):
     assert tree["path"] == str(b)
     assert tree["children"][0]["path"] == str(a)
     assert tree["children"][0]["children"][0] == {"path": str(src), "record": None, "modified": False,
-                                                  "children": [], "repeated": False}
+                                                  "children": [], "repeated": False, "sha256": ""}
 
 
 def test_cli_without_record(jobs, capsys):
@@ -316,3 +316,38 @@ def test_sha256_tree(tmp_path):
     (two / "sub" / "b2.bin").rename(two / "sub" / "b.bin")
     (two / "empty_dir").mkdir()
     assert io.sha256_tree(two) == before  # only files count
+
+
+@pytest.fixture
+def relative_jobs(tmp_path, monkeypatch):
+    """The jobs of `jobs`, recorded with paths relative to the workflow folder, as Snakemake's are."""
+    work = tmp_path / "workflow"
+    (work / "resources").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    Path("resources/source.txt").write_text("raw data\n", encoding="utf-8")
+    with provenance.job("make_a", ["resources/source.txt"], ["results/a.txt"]):
+        Path("results").mkdir()
+        Path("results/a.txt").write_text("RAW DATA\n", encoding="utf-8")
+    with provenance.job("make_b", ["results/a.txt"], ["results/b.csv"]):
+        Path("results/b.csv").write_text("x\n1\n", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    return work
+
+
+@pytest.mark.parametrize("how", ["relative", "absolute", "absolute from another folder"])
+def test_the_same_chain_from_any_path_and_folder(relative_jobs, monkeypatch, capsys, how):
+    work = relative_jobs
+    path = "results/b.csv" if how == "relative" else str(work / "results" / "b.csv")
+    if how == "absolute from another folder":
+        monkeypatch.chdir(work.parent / "elsewhere")
+    assert cli.main(["provenance", path]) == 0
+    out = capsys.readouterr().out
+    assert f"sha256 {sha(work / 'results' / 'b.csv')[:12]}" in out
+    assert f"results/a.txt  [rule make_a; sha256 {sha(work / 'results' / 'a.txt')[:12]}" in out
+    assert "MODIFIED" not in out
+    (work / "results" / "a.txt").write_text("tampered with\n", encoding="utf-8")
+    assert cli.main(["provenance", path]) == 1
+    captured = capsys.readouterr()
+    assert "results/a.txt  [rule make_a" in captured.out and "MODIFIED" in captured.out
+    assert "1 file(s) changed since they were recorded: results/a.txt" in captured.err

@@ -22,6 +22,11 @@ def _provenance(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(node), indent=2))
     else:
         print(provenance.format_chain(node))
+    modified = provenance.modified_paths(node)
+    if modified:
+        print(f"{len(modified)} file(s) changed since they were recorded: {', '.join(modified)}; "
+              "rebuild them (or what reads them) with Snakemake", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -179,35 +179,70 @@ class Node:
     modified: bool
     children: list[Node]
     repeated: bool = False  # already shown elsewhere in the tree
+    sha256: str = ""  # as recorded
 
 
-def _modified(path: Path, record: dict[str, Any] | None) -> bool:
-    if record is None or not path.exists():
-        return False
+def _recorded_output(location: Path, record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The record's entry for the file at `location`: outputs are recorded by the path the job
+    used, relative to the workflow's folder, so match on the trailing parts of the absolute path."""
+    if record is None:
+        return None
+    absolute = Path(os.path.abspath(location))
     for output in record.get("outputs", []):
-        if output.get("path") == str(path):
-            stat = _stat(path)
-            unchanged_stat = (output.get("size"), output.get("mtime_ns")) == (stat["size"], stat["mtime_ns"])
-            if unchanged_stat and not path.is_dir():  # a folder's own stat says little of its content
-                return False
-            return sha256_path(path) != output.get("sha256")
-    return False
+        recorded = Path(output.get("path", ""))
+        if recorded.is_absolute():
+            if Path(os.path.abspath(recorded)) == absolute:
+                return output
+        elif recorded.parts and absolute.parts[-len(recorded.parts):] == recorded.parts:
+            return output
+    return None
 
 
-def chain(path: str | os.PathLike, _seen: set[str] | None = None) -> Node:
-    """The tree of records from `path` back to its sources (shared inputs appear once)."""
+def _root_of(location: Path, output: dict[str, Any] | None) -> Path | None:
+    """The folder a record's relative paths are relative to (the job's working directory)."""
+    if output is None or Path(output["path"]).is_absolute():
+        return None
+    absolute = Path(os.path.abspath(location))
+    return Path(*absolute.parts[:-len(Path(output["path"]).parts)])
+
+
+def _modified(path: Path, output: dict[str, Any] | None) -> bool:
+    if output is None or not path.exists():
+        return False
+    stat = _stat(path)
+    unchanged_stat = (output.get("size"), output.get("mtime_ns")) == (stat["size"], stat["mtime_ns"])
+    if unchanged_stat and not path.is_dir():  # a folder's own stat says little of its content
+        return False
+    return sha256_path(path) != output.get("sha256")
+
+
+def chain(path: str | os.PathLike, _seen: set[str] | None = None, _root: Path | None = None) -> Node:
+    """The tree of records from `path` back to its sources (shared inputs appear once). `path`
+    may be relative to the current folder or absolute, from any folder: a record's inputs are
+    found relative to the folder its job ran in."""
     seen = _seen if _seen is not None else set()
-    path = Path(path)
-    key = str(path)
-    record = read_record(path)
+    shown = str(path)
+    location = Path(path) if _root is None or Path(path).is_absolute() else _root / path
+    key = os.path.abspath(location)
+    record = read_record(location)
     if key in seen:
-        return Node(key, record, False, [], repeated=True)
+        return Node(shown, record, False, [], repeated=True)
     seen.add(key)
-    node = Node(key, record, _modified(path, record), [])
+    output = _recorded_output(location, record)
+    node = Node(shown, record, _modified(location, output), [], sha256=(output or {}).get("sha256", ""))
     if record is None:
         return node
-    node.children = [chain(entry["path"], seen) for entry in record.get("inputs", [])]
+    root = _root_of(location, output) if output is not None else _root
+    node.children = [chain(entry["path"], seen, root) for entry in record.get("inputs", [])]
     return node
+
+
+def modified_paths(node: Node) -> list[str]:
+    """Every file of the tree changed since its record was written."""
+    found = [node.path] if node.modified else []
+    for child in node.children:
+        found += modified_paths(child)
+    return found
 
 
 def format_chain(node: Node, prefix: str = "", last: bool = True, root: bool = True) -> str:
@@ -222,8 +257,7 @@ def format_chain(node: Node, prefix: str = "", last: bool = True, root: bool = T
         commit = (code.get("commit") or code.get("version") or "?")[:10]
         dirty = " dirty" if code.get("dirty") else ""
         wildcards = ",".join(f"{k}={v}" for k, v in record.get("wildcards", {}).items())
-        sha = next((o.get("sha256", "")[:12] for o in record.get("outputs", [])
-                    if o.get("path") == node.path), "")
+        sha = node.sha256[:12]
         line = (f"{node.path}  [rule {record['rule']}"
                 f"{' ' + wildcards if wildcards else ''}; sha256 {sha}; code {commit}{dirty}; "
                 f"{record.get('finished', '')}]")
