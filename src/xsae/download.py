@@ -49,10 +49,10 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import requests
 import urllib3
-from tqdm import tqdm
 
 from xsae.errors import DownloadError
 from xsae.io import atomic_path, sha256_file
+from xsae.progress import progress as progress_bar
 
 _CHUNK = 1 << 20
 #: Longest we ever sleep between attempts, whatever Retry-After asks for.
@@ -256,7 +256,7 @@ def _attempt(
         hashes = _Hashes.of_prefix(part, offset)
         received = offset
         chunks = response.raw.stream(_CHUNK, decode_content=False)
-        bar = tqdm(
+        bar = progress_bar(
             total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
             desc=part.name[: -len(".part")], disable=not progress, leave=False,
         )
@@ -468,7 +468,7 @@ def download_many(
     sessions: list[requests.Session] = []
     lock = threading.Lock()
     by_bytes = bool(items) and all(item.size is not None for item in items)
-    bar = tqdm(
+    bar = progress_bar(
         total=sum(item.size for item in items) if by_bytes else len(items),
         unit="B" if by_bytes else "file", unit_scale=by_bytes, unit_divisor=1024 if by_bytes else 1000,
         desc=desc, disable=not progress, smoothing=0.05,

@@ -27,12 +27,12 @@ import h5py
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from xsae.datasets.manifest import read_manifest
 from xsae.encoders import Encoder
 from xsae.errors import ConfigError, DataError
 from xsae.io import atomic_path, sha256_file
+from xsae.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -142,8 +142,8 @@ def extract(encoder: Encoder, manifest_path: str | Path, out_path: str | Path, *
             start, written = time.perf_counter(), 0
             datasets: dict[str, h5py.Dataset] = {}
             generator = torch.Generator().manual_seed(token_seed)
-            bar = tqdm(total=n, disable=not progress, unit="sample", dynamic_ncols=True,
-                       desc=f"{encoder.spec.name}/{modality}")
+            bar = progress_bar(total=n, disable=not progress, unit="sample",
+                               desc=f"{encoder.spec.name}/{modality}")
             for size, batch in _batches(encoder, modality, table, manifest_path, batch_size, workers):
                 context = (torch.autocast("cuda", dtype=getattr(torch, autocast_dtype))
                            if use_autocast else nullcontext())

@@ -31,11 +31,11 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from xsae.errors import DataError
 from xsae.io import atomic_path
 from xsae.metrics.reconstruction import nmse_per_sample
+from xsae.progress import progress as progress_bar
 from xsae.sae import Codes, SparseAutoencoder, decode_sparse_many
 
 log = logging.getLogger(__name__)
@@ -518,8 +518,8 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
                 else contextlib.nullcontext())
     dead_bounds = dead_latent_bounds(model)
     interval_start = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step",
-               desc="train SAE", dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=step, disable=not progress, unit="step",
+                       desc="train SAE")
     model.train()
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
