@@ -148,6 +148,7 @@ def test_non_finite_features_are_refused(manifest, encoder, tmp_path):
     out = tmp_path / "f.h5"
     extract(encoder, manifest, out, modalities=["text"], progress=False)
     with h5py.File(out, "r+") as h5:
-        h5["pooled/text"][0, 0] = np.nan
-    with pytest.raises(DataError, match="non-finite"):
+        h5["pooled/text"][2, 1] = np.nan
+        h5["pooled/text"][3, 0] = np.inf
+    with pytest.raises(DataError, match=r"non-finite values, first at row 2 \(2 such row\(s\)"):
         read_stream(StreamRef(out, "text"))

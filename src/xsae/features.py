@@ -214,8 +214,11 @@ def read_stream(ref: StreamRef) -> np.ndarray:
                             "and extract again") from exc
     # Checked in blocks: a whole-array mask would cost a quarter of the features' memory again.
     for start in range(0, len(values), 65536):
-        if not np.isfinite(values[start:start + 65536]).all():
-            raise DataError(f"{ref.path}: {ref.key} holds non-finite values (from row {start})")
+        finite = np.isfinite(values[start:start + 65536])
+        if not finite.all():
+            rows = start + np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1))
+            raise DataError(f"{ref.path}: {ref.key} holds non-finite values, first at row {rows[0]} "
+                            f"({len(rows)} such row(s) among rows {start}–{start + len(finite) - 1})")
     return values.astype(np.float32, copy=False)
 
 
