@@ -64,9 +64,18 @@ def _run(args: argparse.Namespace) -> int:
     import logging
 
     from xsae.warm_start import run_snakemake
+    from xsae.workflow import recover_stale_lock
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return run_snakemake(args.snakemake_args, warm=not args.cold)
+    argv = args.snakemake_args
+    flag = next((i for i, arg in enumerate(argv) if arg in ("-d", "--directory")), None)
+    workdir = argv[flag + 1] if flag is not None and flag + 1 < len(argv) else "."
+    removed = recover_stale_lock(workdir)
+    if removed:
+        logging.info("removed a stale lock (%s) left by a Snakemake run that ended without "
+                     "releasing it; no Snakemake process works in %s", ", ".join(p.name for p in removed),
+                     workdir)
+    return run_snakemake(argv, warm=not args.cold)
 
 
 def main(argv: list[str] | None = None) -> int:

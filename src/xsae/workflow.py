@@ -1,11 +1,14 @@
-"""Glue for workflow scripts: logging to the rule's log file, and failing with a clear message."""
+"""Glue for workflow scripts (logging to the rule's log file, failing with a clear message) and for
+running the workflow locally (a stale lock left by a killed run)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from xsae.errors import XsaeError
@@ -27,3 +30,29 @@ def script(snakemake: Any) -> Iterator[logging.Logger]:
     except XsaeError as exc:
         logger.error("%s", exc)
         sys.exit(f"{snakemake.rule}: {exc}")
+
+
+def _snakemake_running_in(workdir: Path) -> list[int]:
+    """Process ids of Snakemake processes whose working directory is `workdir` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            if b"snakemake" in command and Path(os.readlink(entry / "cwd")).resolve() == workdir:
+                found.append(int(entry.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+def recover_stale_lock(workdir: str | Path = ".") -> list[Path]:
+    """Remove Snakemake's lock files in `workdir` when no Snakemake process works there: a run
+    that was killed leaves them, and the next one would refuse to start. Returns what was
+    removed (nothing while a Snakemake process holds the folder, or where /proc is absent)."""
+    workdir = Path(workdir).resolve()
+    locks = sorted((workdir / ".snakemake" / "locks").glob("*.lock"))
+    if not locks or not Path("/proc/self").exists() or _snakemake_running_in(workdir):
+        return []
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    return locks

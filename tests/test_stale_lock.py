@@ -1,0 +1,48 @@
+"""A killed run's lock is removed by `xsae run` when no Snakemake process works in the folder,
+and kept while one does."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from xsae.workflow import recover_stale_lock
+
+
+def _locked(workdir: Path) -> list[Path]:
+    locks = workdir / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    paths = [locks / "0.input.lock", locks / "0.output.lock"]
+    for path in paths:
+        path.write_text("results/x\n")
+    return paths
+
+
+def test_a_stale_lock_is_removed(tmp_path):
+    paths = _locked(tmp_path)
+    assert recover_stale_lock(tmp_path) == paths
+    assert not any(p.exists() for p in paths)
+    assert recover_stale_lock(tmp_path) == []  # nothing left to do
+
+
+def test_a_lock_held_by_a_running_snakemake_is_kept(tmp_path):
+    paths = _locked(tmp_path)
+    # a process named snakemake working in the folder, as a running workflow would be
+    holder = subprocess.Popen(["bash", "-c", "exec -a snakemake sleep 30"], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while b"snakemake" not in Path(f"/proc/{holder.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert recover_stale_lock(tmp_path) == []
+        assert all(p.exists() for p in paths)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert recover_stale_lock(tmp_path) == paths
+
+
+def test_a_folder_without_locks_is_left_alone(tmp_path):
+    assert recover_stale_lock(tmp_path) == []
+    assert not (tmp_path / ".snakemake").exists()
