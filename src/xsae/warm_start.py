@@ -270,7 +270,7 @@ def warm_interpreter(modules: Sequence[str] | None = None) -> Iterator[Path]:
             line = server.stdout.readline().strip()
             if not line.startswith(_READY):
                 raise RuntimeError(f"the warm-start server did not start (exit {server.wait()}); "
-                                   "run without --warm to see the jobs' own import errors")
+                                   "run with --cold to see the jobs' own import errors")
             logger.info("warm start: %s modules preloaded in %.1f s (%s)", len(modules),
                         time.perf_counter() - started, line.removeprefix(_READY).lstrip("; "))
             yield wrapper
@@ -295,7 +295,7 @@ def run_snakemake(args: Sequence[str], *, warm: bool = True, env: Mapping[str, s
     """Run `snakemake ARGS` in a subprocess (`job_environment(env)`); with `warm`, its script jobs
     start warm. Returns its exit status."""
     env = job_environment(env)
-    if not warm or {"-n", "--dry-run", "--dryrun"} & set(args):  # a dry run starts no job
+    if not warm or not runs_locally(args):
         return subprocess.run([sys.executable, "-m", "snakemake", *args], env=env, check=False).returncode
     with warm_interpreter() as wrapper:
         command = [sys.executable, "-m", "xsae.warm_start", "snakemake", str(wrapper), *args]
@@ -305,21 +305,22 @@ def run_snakemake(args: Sequence[str], *, warm: bool = True, env: Mapping[str, s
 #: Arguments under which jobs run elsewhere (a cluster), where `sys.executable` names the Python of
 #: the job's own Snakemake process and the wrapper, a local file, must not stand in for it.
 REMOTE_ARGUMENTS = ("--executor", "-e", "--profile", "--workflow-profile")
+DRY_RUN = ("-n", "--dry-run", "--dryrun")
 
 
 def _snakemake(wrapper: str, args: list[str]) -> None:
     """Snakemake starts `script:` jobs with `sys.executable` when they have no environment of their
-    own (`snakemake.script.PythonScript.execute_script`): point it at the wrapper, for local runs."""
+    own (`snakemake.script.PythonScript.execute_script`): point it at the wrapper."""
     from snakemake.cli import main
 
-    if runs_locally(args):
-        sys.executable = wrapper
+    sys.executable = wrapper
     main(args)
 
 
 def runs_locally(args: Sequence[str]) -> bool:
-    """Whether Snakemake with `args` runs its jobs on this machine (no executor, no profile)."""
-    return not any(arg.split("=")[0] in REMOTE_ARGUMENTS for arg in args)
+    """Whether Snakemake with `args` starts jobs on this machine: no executor or profile (a
+    cluster's nodes would not find the wrapper) and not a dry run (no job at all)."""
+    return not any(arg.split("=")[0] in (*REMOTE_ARGUMENTS, *DRY_RUN) for arg in args)
 
 
 def main(argv: list[str] | None = None) -> None:
