@@ -4,10 +4,11 @@ and kept while one does."""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-from xsae.workflow import recover_stale_lock
+from xsae.workflow import recover_stale_lock, snakemake_workdir
 
 
 def _locked(workdir: Path) -> list[Path]:
@@ -46,3 +47,24 @@ def test_a_lock_held_by_a_running_snakemake_is_kept(tmp_path):
 def test_a_folder_without_locks_is_left_alone(tmp_path):
     assert recover_stale_lock(tmp_path) == []
     assert not (tmp_path / ".snakemake").exists()
+
+
+def test_a_snakemake_pointed_at_the_folder_from_elsewhere_holds_it(tmp_path):
+    """`snakemake --directory WORK`, started in another folder (as the rehearsal runs it)."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    paths = _locked(work)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "snakemake",
+                               "--directory", "../work"], cwd=elsewhere)
+    try:
+        assert recover_stale_lock(work) == []
+        assert all(p.exists() for p in paths)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_workdir_of_snakemake_arguments(tmp_path):
+    assert snakemake_workdir(["--cores", "2"], tmp_path) == tmp_path.resolve()
+    assert snakemake_workdir(["-d", "w", "--cores", "2"], tmp_path) == (tmp_path / "w").resolve()
+    assert snakemake_workdir(["--directory=/x/y"], tmp_path) == Path("/x/y")

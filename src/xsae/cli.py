@@ -64,12 +64,11 @@ def _run(args: argparse.Namespace) -> int:
     import logging
 
     from xsae.warm_start import run_snakemake
-    from xsae.workflow import recover_stale_lock
+    from xsae.workflow import recover_stale_lock, snakemake_workdir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     argv = args.snakemake_args
-    flag = next((i for i, arg in enumerate(argv) if arg in ("-d", "--directory")), None)
-    workdir = argv[flag + 1] if flag is not None and flag + 1 < len(argv) else "."
+    workdir = snakemake_workdir(argv)
     removed = recover_stale_lock(workdir)
     if removed:
         logging.info("removed a stale lock (%s) left by a Snakemake run that ended without "

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,26 @@ def script(snakemake: Any) -> Iterator[logging.Logger]:
         sys.exit(f"{snakemake.rule}: {exc}")
 
 
+def snakemake_workdir(args: Sequence[str], cwd: str | Path = ".") -> Path:
+    """The folder Snakemake with `args`, started in `cwd`, works in (`-d/--directory`, else `cwd`)."""
+    workdir = "."
+    for i, arg in enumerate(args):
+        if arg in ("-d", "--directory") and i + 1 < len(args):
+            workdir = args[i + 1]
+        elif arg.startswith("--directory="):
+            workdir = arg.partition("=")[2]
+    return (Path(cwd) / workdir).resolve()
+
+
 def _snakemake_running_in(workdir: Path) -> list[int]:
-    """Process ids of Snakemake processes whose working directory is `workdir` (Linux /proc)."""
+    """Process ids of Snakemake processes working in `workdir`, started there or pointed at it
+    with `--directory` (Linux /proc)."""
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            if b"snakemake" in command and Path(os.readlink(entry / "cwd")).resolve() == workdir:
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if any("snakemake" in arg for arg in args) and \
+                    snakemake_workdir(args, os.readlink(entry / "cwd")) == workdir:
                 found.append(int(entry.name))
         except OSError:  # gone, or not ours to read
             continue
