@@ -182,28 +182,22 @@ class Node:
     sha256: str = ""  # as recorded
 
 
-def _recorded_output(location: Path, record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The record's entry for the file at `location`: outputs are recorded by the path the job
-    used, relative to the workflow's folder, so match on the trailing parts of the absolute path."""
+def _recorded_output(location: Path, record: dict[str, Any] | None
+                     ) -> tuple[dict[str, Any] | None, Path | None]:
+    """The record's entry for the file at `location`, and the folder the record's relative paths
+    are relative to (the job's working directory; None for absolute ones). Outputs are recorded by
+    the path the job used, so a relative one matches the trailing parts of the absolute path."""
     if record is None:
-        return None
+        return None, None
     absolute = Path(os.path.abspath(location))
     for output in record.get("outputs", []):
         recorded = Path(output.get("path", ""))
         if recorded.is_absolute():
             if Path(os.path.abspath(recorded)) == absolute:
-                return output
+                return output, None
         elif recorded.parts and absolute.parts[-len(recorded.parts):] == recorded.parts:
-            return output
-    return None
-
-
-def _root_of(location: Path, output: dict[str, Any] | None) -> Path | None:
-    """The folder a record's relative paths are relative to (the job's working directory)."""
-    if output is None or Path(output["path"]).is_absolute():
-        return None
-    absolute = Path(os.path.abspath(location))
-    return Path(*absolute.parts[:-len(Path(output["path"]).parts)])
+            return output, Path(*absolute.parts[:-len(recorded.parts)])
+    return None, None
 
 
 def _modified(path: Path, output: dict[str, Any] | None) -> bool:
@@ -228,11 +222,12 @@ def chain(path: str | os.PathLike, _seen: set[str] | None = None, _root: Path | 
     if key in seen:
         return Node(shown, record, False, [], repeated=True)
     seen.add(key)
-    output = _recorded_output(location, record)
+    output, root = _recorded_output(location, record)
     node = Node(shown, record, _modified(location, output), [], sha256=(output or {}).get("sha256", ""))
     if record is None:
         return node
-    root = _root_of(location, output) if output is not None else _root
+    if output is None:
+        root = _root
     node.children = [chain(entry["path"], seen, root) for entry in record.get("inputs", [])]
     return node
 
