@@ -37,5 +37,4 @@ def progress(*, stream: TextIO | None = None, **kwargs: Any) -> tqdm:
     stream = stream if stream is not None else sys.stderr
     if getattr(stream, "isatty", lambda: False)():
         return tqdm(file=stream, dynamic_ncols=True, **kwargs)
-    kwargs.pop("dynamic_ncols", None)
     return tqdm(file=_Lines(stream), mininterval=LOG_INTERVAL, ncols=100, ascii=True, **kwargs)
