@@ -1,4 +1,5 @@
 # The only place that reads `config`: validation, target lists, and input/param functions.
+import functools
 import os
 import sys
 
@@ -15,6 +16,7 @@ from xsae.comparisons import comparison_runs  # noqa: E402
 from xsae.synthetic_experiments import experiments as synthetic_experiments  # noqa: E402
 from xsae.tables import SPARC_TABLES  # noqa: E402
 from xsae import registry  # noqa: E402
+from xsae.resources import ResourceTable  # noqa: E402
 
 config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
 
@@ -95,8 +97,24 @@ def encoder_entry(wildcards):
     return config["encoders"][wildcards.encoder]
 
 
-def encoder_gpus(wildcards):
-    return 1 if config["encoders"][wildcards.encoder]["gpu"] else 0
+@functools.cache
+def resource_table():
+    """Every job's cluster request, priced from this config's plan (once, when first asked)."""
+    return ResourceTable.from_config(config)
+
+
+def job_resources(rule):
+    """`resources: **job_resources("<rule>")`: each job's wall time, memory and GPUs from the plan
+    (`xsae.resources`), so a cluster run needs no sizes in its profile; a retry asks for more."""
+
+    def request(wildcards, attempt):
+        return resource_table().job(rule, dict(wildcards.items())).at_attempt(attempt)
+
+    return {
+        "runtime": lambda wildcards, attempt: request(wildcards, attempt).runtime,
+        "mem_mb": lambda wildcards, attempt: request(wildcards, attempt).mem_mb,
+        "gpu": lambda wildcards, attempt: request(wildcards, attempt).gpu,
+    }
 
 
 def feature_files():

@@ -9,6 +9,8 @@ rule evaluate_reconstruction:
         run=run_entry,
         streams=run_streams,
         device=config["device"],
+    resources:
+        **job_resources("evaluate_reconstruction"),
     log:
         "results/logs/evaluate_reconstruction/{run}_{split}.log",
     conda:
@@ -32,6 +34,8 @@ rule evaluate_sparc:
         streams=run_streams,
         evaluation=config["evaluation"],
         device=config["device"],
+    resources:
+        **job_resources("evaluate_sparc"),
     log:
         "results/logs/evaluate_sparc/{run}_{split}.log",
     conda:

@@ -17,6 +17,8 @@ rule align_sae:
         run=run_entry,
         streams=run_streams,
         device=config["device"],
+    resources:
+        **job_resources("align_sae"),
     log:
         "results/logs/align_sae/{run}.log",
     conda:
@@ -42,6 +44,8 @@ rule evaluate_comparison:
         seed=run_seed_of,
         device=config["device"],
     threads: 2
+    resources:
+        **job_resources("evaluate_comparison"),
     log:
         "results/logs/evaluate_comparison/{run}_{variant}.log",
     conda:
@@ -67,6 +71,8 @@ rule table_comparison:
     params:
         members=comparison_members,
         spec=lambda wildcards: config["comparisons"][wildcards.comparison],
+    resources:
+        **job_resources("table_comparison"),
     log:
         "results/logs/table_comparison/{comparison}.log",
     conda:
@@ -90,6 +96,8 @@ rule figure_steering:
         csv="results/tables/steering_{comparison}.csv",
     params:
         members=comparison_members,
+    resources:
+        **job_resources("figure_steering"),
     log:
         "results/logs/figure_steering/{comparison}.log",
     conda:
@@ -112,6 +120,8 @@ rule figure_monosemanticity:
         pdf="results/figures/monosemanticity_{comparison}.pdf",
     params:
         members=comparison_members,
+    resources:
+        **job_resources("figure_monosemanticity"),
     log:
         "results/logs/figure_monosemanticity/{comparison}.log",
     conda:
@@ -132,6 +142,8 @@ rule decoder_directions:
         streams=run_streams,
         seed=run_seed_of,
         device=config["device"],
+    resources:
+        **job_resources("decoder_directions"),
     log:
         "results/logs/decoder_directions/{run}.log",
     conda:
@@ -158,6 +170,8 @@ rule figure_decoder_directions:
         runs=lambda wildcards: config["decoder_directions"][wildcards.figure],
     wildcard_constraints:
         figure="[A-Za-z0-9_]+",
+    resources:
+        **job_resources("figure_decoder_directions"),
     log:
         "results/logs/figure_decoder_directions/{figure}.log",
     conda:

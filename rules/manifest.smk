@@ -11,6 +11,8 @@ rule manifest:
         labels=LABELS,
     params:
         dataset=dataset_entry,
+    resources:
+        **job_resources("manifest"),
     log:
         "results/logs/manifest/{dataset}.log",
     conda:
@@ -31,6 +33,8 @@ rule manifest_labelled:
         labels=LABELS,
     params:
         dataset=dataset_entry,
+    resources:
+        **job_resources("manifest_labelled"),
     log:
         "results/logs/manifest_labelled/{dataset}.log",
     conda:
@@ -54,6 +58,8 @@ rule manifest_prompts:
         classes_of=lambda wildcards: config["datasets"][
             config["datasets"][wildcards.dataset]["classes_of"]
         ],
+    resources:
+        **job_resources("manifest_prompts"),
     log:
         "results/logs/manifest_prompts/{dataset}.log",
     conda:

@@ -7,13 +7,12 @@ PLAN_DATA = {
     "sizes": os.path.join(workflow.basedir, "config", "dataset_sizes.yaml"),
     "costs": os.path.join(workflow.basedir, "config", "costs.yaml"),
     "recipes": os.path.join(workflow.basedir, "config", "paper_recipes.yaml"),
-    "profile": os.path.join(workflow.basedir, "slurm", "config.yaml"),
 }
 #: The config sections the plan reads: changing any of them re-prices the run, nothing else does.
 PLAN_CONFIG = {
     section: config.get(section)
     for section in ("device", "datasets", "encoders", "features", "streams", "sae_runs", "sweeps",
-                    "comparisons", "synthetic", "sharedness")
+                    "comparisons", "synthetic", "sharedness", "cluster")
 }
 #: The jobs the config generates (synthetic, per-layer SAEs...), as plain data: the rule's env has no torch.
 PLAN_EXPANSION = plan_expansion(config)

@@ -13,6 +13,8 @@ rule table_reconstruction:
         tex="results/tables/reconstruction.tex",
     params:
         table=config["tables"].get("reconstruction"),
+    resources:
+        **job_resources("table_reconstruction"),
     log:
         "results/logs/table_reconstruction.log",
     conda:
@@ -33,6 +35,8 @@ rule figure_training:
             subcategory="SAE training",
         ),
         pdf="results/figures/sae_training_{run}.pdf",
+    resources:
+        **job_resources("figure_training"),
     log:
         "results/logs/figure_training/{run}.log",
     conda:
@@ -59,6 +63,8 @@ rule figure_dataset_overview:
     params:
         n_examples=config["figures"]["n_examples"],
         seed=config["seed"],
+    resources:
+        **job_resources("figure_dataset_overview"),
     log:
         notebook="results/notebooks/dataset_overview_{dataset}.ipynb",
     conda:
@@ -84,6 +90,8 @@ rule table_sparc:
     params:
         spec=sparc_set,
         streams=sparc_table_streams,
+    resources:
+        **job_resources("table_sparc"),
     log:
         "results/logs/table_sparc/{set}_{table}.log",
     conda:
@@ -108,6 +116,8 @@ rule figure_sweep:
     params:
         members=sweep_members,
         parameter=sweep_parameter,
+    resources:
+        **job_resources("figure_sweep"),
     log:
         "results/logs/figure_sweep/{sweep}.log",
     conda:
@@ -132,6 +142,8 @@ rule figure_top_activations:
     params:
         n_latents=4,
         per_stream=5,
+    resources:
+        **job_resources("figure_top_activations"),
     log:
         "results/logs/figure_top_activations/{run}.log",
     conda:

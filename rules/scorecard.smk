@@ -18,6 +18,8 @@ rule scorecard:
             caption="../workflow/report/scorecard.rst",
             category="Scorecard",
         ),
+    resources:
+        **job_resources("scorecard"),
     log:
         "results/logs/scorecard.log",
     conda:

@@ -24,9 +24,9 @@ rule sharedness_sae:
     wildcard_constraints:
         model=SHAREDNESS_MODEL_NAMES,
         layer="[0-9]{2}",
-    resources:
-        gpu=sharedness_gpus,
     threads: 1
+    resources:
+        **job_resources("sharedness_sae"),
     log:
         "results/logs/sharedness_sae/{dataset}/{model}/layer{layer}.log",
     conda:
@@ -48,6 +48,8 @@ rule sharedness_saes_table:
         ),
         md="results/tables/sharedness_saes.md",
         tex="results/tables/sharedness_saes.tex",
+    resources:
+        **job_resources("sharedness_saes_table"),
     log:
         "results/logs/sharedness_saes_table.log",
     conda:
@@ -69,9 +71,9 @@ rule sharedness_pair:
     wildcard_constraints:
         model_a=SHAREDNESS_MODEL_NAMES,
         model_b=SHAREDNESS_MODEL_NAMES,
-    resources:
-        gpu=sharedness_gpus,
     threads: 2
+    resources:
+        **job_resources("sharedness_pair"),
     log:
         "results/logs/sharedness_pair/{dataset}/{model_a}/{model_b}.log",
     conda:
@@ -99,6 +101,8 @@ rule sharedness_table:
         facts=sharedness_table_facts,
     wildcard_constraints:
         table=_names_pattern(SHAREDNESS["tables"]),
+    resources:
+        **job_resources("sharedness_table"),
     log:
         "results/logs/sharedness_table/{table}.log",
     conda:
@@ -126,6 +130,8 @@ rule sharedness_average:
         facts=sharedness_average_facts,
     wildcard_constraints:
         table=_names_pattern(SHAREDNESS["averages"]),
+    resources:
+        **job_resources("sharedness_average"),
     log:
         "results/logs/sharedness_average/{table}.log",
     conda:
@@ -152,6 +158,8 @@ rule sharedness_layerwise:
         facts=sharedness_layerwise_facts,
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["layerwise"]),
+    resources:
+        **job_resources("sharedness_layerwise"),
     log:
         "results/logs/sharedness_layerwise/{name}.log",
     conda:
@@ -175,7 +183,7 @@ rule sharedness_comparative:
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["comparative"]),
     resources:
-        gpu=sharedness_gpus,
+        **job_resources("sharedness_comparative"),
     log:
         "results/logs/sharedness_comparative/{name}.log",
     conda:
@@ -203,6 +211,8 @@ rule sharedness_comparative_figure:
         facts=sharedness_comparative_facts,
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["comparative"]),
+    resources:
+        **job_resources("sharedness_comparative_figure"),
     log:
         "results/logs/sharedness_comparative_figure/{name}.log",
     conda:
@@ -225,7 +235,7 @@ rule sharedness_shuffle:
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["shuffle"]),
     resources:
-        gpu=sharedness_gpus,
+        **job_resources("sharedness_shuffle"),
     log:
         "results/logs/sharedness_shuffle/{name}.log",
     conda:
@@ -253,6 +263,8 @@ rule sharedness_shuffle_table:
         facts=sharedness_shuffle_facts,
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["shuffle"]),
+    resources:
+        **job_resources("sharedness_shuffle_table"),
     log:
         "results/logs/sharedness_shuffle_table/{name}.log",
     conda:

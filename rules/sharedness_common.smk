@@ -23,10 +23,6 @@ def sharedness_outputs():
     return sharedness_targets(config)
 
 
-def sharedness_gpus(wildcards):
-    return 1 if SHAREDNESS["gpu"] else 0
-
-
 def _codes_path(dataset, model, layer):
     return f"{SHAREDNESS_SAE}/codes_test.npz".format(dataset=dataset, model=model, layer=f"{layer:02d}")
 

@@ -13,6 +13,8 @@ rule synthetic_data:
         truth=f"{SYNTHETIC_DATA}/truth.npz",
     params:
         spec=SYNTHETIC,
+    resources:
+        **job_resources("synthetic_data"),
     log:
         "results/logs/synthetic_data/d{distance}_s{seed}.log",
     conda:
@@ -35,6 +37,8 @@ rule synthetic_run:
         spec=SYNTHETIC,
         device=config["device"],
     threads: 1
+    resources:
+        **job_resources("synthetic_run"),
     log:
         "results/logs/synthetic_run/{method}/d{distance}_s{seed}.log",
     conda:
@@ -58,6 +62,8 @@ rule figure_synthetic:
         csv="results/tables/synthetic_{figure}.csv",
     params:
         spec=SYNTHETIC,
+    resources:
+        **job_resources("figure_synthetic"),
     log:
         "results/logs/figure_synthetic/{figure}.log",
     conda:

@@ -10,6 +10,8 @@ rule train_sae:
         streams=run_streams,
         seed=run_seed_of,
         device=config["device"],
+    resources:
+        **job_resources("train_sae"),
     log:
         "results/logs/train_sae/{run}.log",
     conda:

@@ -115,3 +115,15 @@ def job_counts(snakemake_output: str) -> dict[str, int]:
         jobs[match.group(1)] = int(match.group(2))
     jobs.pop("total", None)
     return jobs
+
+
+def dry_run_jobs(snakemake_output: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+    """(rule, wildcards, resources) of every job a `snakemake -n` printed, in its order."""
+    jobs = []
+    for rule, body in re.findall(r"(?ms)^(?:local)?rule (\w+):\n(.*?)(?=^\S|\Z)", snakemake_output):
+        fields = {}
+        for key in ("wildcards", "resources"):
+            match = re.search(rf"(?m)^\s+{key}: (.*)$", body)
+            fields[key] = dict(item.split("=", 1) for item in match.group(1).split(", ")) if match else {}
+        jobs.append((rule, fields["wildcards"], fields["resources"]))
+    return jobs

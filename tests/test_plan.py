@@ -43,7 +43,7 @@ def plan_data(tmp_path: Path, sizes: dict | None = None, recipe: dict | None = N
     sizes_path, recipes_path = tmp_path / "sizes.yaml", tmp_path / "recipes.yaml"
     sizes_path.write_text(yaml.safe_dump(SIZES if sizes is None else sizes), encoding="utf-8")
     recipes_path.write_text(yaml.safe_dump(recipes() if recipe is None else recipe), encoding="utf-8")
-    return plan.load_data(sizes_path, plan.COSTS_PATH, recipes_path, plan.PROFILE_PATH)
+    return plan.load_data(sizes_path, plan.COSTS_PATH, recipes_path)
 
 
 def small_config(**run) -> dict:

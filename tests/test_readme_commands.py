@@ -15,9 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import dry_run_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CONDA_PROFILE = "slurm_without_conda"
+#: Rules that run on the submitting node (`localrule: True`): no cluster request.
+LOCAL_RULES = {"all", "download_tuxpaint", "download_dataset", "plan_table"}
 BLOCK = re.compile(r"```bash\n(.*?)```", re.DOTALL)
 
 
@@ -91,6 +94,19 @@ def test_readme_shows_the_commands_it_promises():
     assert "snakemake -n --profile slurm --configfile config/paper.yaml" in COMMANDS
 
 
+def _assert_every_job_sized(argv: list[str], output: str) -> None:
+    """The cluster command as the README writes it submits every job with a wall time and memory
+    (its `--default-resources` replaces the profile's, so the sizes live in the rules), and with the
+    account and partition it was given."""
+    jobs = [job for job in dry_run_jobs(output) if job[0] not in LOCAL_RULES]
+    assert jobs, output[-2000:]
+    for rule, wildcards, resources in jobs:
+        assert int(resources.get("runtime", 0)) > 0 and int(resources.get("mem_mb", 0)) > 0, (rule, resources)
+        if "--default-resources" in argv:
+            assert resources.get("slurm_account") == "test_account", (rule, resources)
+            assert resources.get("slurm_partition") == "test_partition", (rule, resources)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS)
 def test_readme_command_works_from_a_fresh_clone(clone, command):
@@ -109,5 +125,7 @@ def test_readme_command_works_from_a_fresh_clone(clone, command):
         # the paper config runs the paper DAG and nothing of the embedded default, and vice versa
         assert ("download_tuxpaint" in output) is not paper, output[-2000:]
         assert ("download_dataset" in output) is paper, output[-2000:]
+    if "--profile" in argv:
+        _assert_every_job_sized(argv, output)
     if argv[0] == "make":
         assert any(tool in output for tool in ("snakemake", "pytest", "xsae run", "bench/")), output

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     planner.add_argument("paths", nargs="*", metavar="CONFIG")
     planner.add_argument("--format", choices=("text", "md", "csv", "json"), default="text")
     planner.add_argument("--device", choices=("auto", "gpu", "cpu"), default="auto",
-                         help="price for GPUs (the cluster profile's) or CPUs; auto: from the config")
+                         help="price for GPUs (cluster.gpu_rules and the configs' GPU flags) or CPUs; "
+                              "auto: from the config")
     planner.add_argument("--manifests", default="results/manifests",
                          help="count samples from manifests found here (default: %(default)s)")
     planner.set_defaults(func=_plan)

@@ -39,7 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 DATASET_SIZES_PATH = REPO / "config" / "dataset_sizes.yaml"
 COSTS_PATH = REPO / "config" / "costs.yaml"
 RECIPES_PATH = REPO / "config" / "paper_recipes.yaml"
-PROFILE_PATH = REPO / "slurm" / "config.yaml"
 
 STAGES = ("extraction", "training", "evaluation")
 #: Kinds whose train split is empty by construction (features exist for the test split only).
@@ -78,7 +77,6 @@ class PlanData:
     sizes_path: Path = DATASET_SIZES_PATH
     costs_path: Path = COSTS_PATH
     recipes_path: Path = RECIPES_PATH
-    gpu_rules: frozenset[str] = frozenset()
     used: dict[str, Figure] = field(default_factory=dict)
 
     def figure(self, *keys: str) -> Figure:
@@ -111,20 +109,9 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def gpu_rules(profile_path: Path = PROFILE_PATH) -> frozenset[str]:
-    """Rules the cluster profile always gives a GPU (`set-resources: <rule>: {gpu: 1}`); the
-    others run on CPU nodes there unless a config flag (encoders.<name>.gpu, sharedness.gpu) asks."""
-    if not profile_path.is_file():
-        return frozenset()
-    profile = _read_yaml(profile_path, "cluster profile")
-    resources = profile.get("set-resources") or {}
-    return frozenset(rule for rule, values in resources.items()
-                     if isinstance(values, Mapping) and (values.get("gpu") or 0) > 0)
-
-
 def load_data(sizes_path: str | Path = DATASET_SIZES_PATH, costs_path: str | Path = COSTS_PATH,
-              recipes_path: str | Path = RECIPES_PATH, profile_path: str | Path = PROFILE_PATH) -> PlanData:
-    """Read the dataset sizes, the cost figures, the papers' recipes and the cluster profile."""
+              recipes_path: str | Path = RECIPES_PATH) -> PlanData:
+    """Read the dataset sizes, the cost figures and the papers' recipes."""
     sizes_path, costs_path, recipes_path = Path(sizes_path), Path(costs_path), Path(recipes_path)
     sizes = _read_yaml(sizes_path, "dataset sizes")
     costs = _read_yaml(costs_path, "cost figures")
@@ -133,8 +120,7 @@ def load_data(sizes_path: str | Path = DATASET_SIZES_PATH, costs_path: str | Pat
                             (costs_path, costs, "devices"), (recipes_path, recipes, "recipes")):
         if not isinstance(data.get(key), Mapping):
             raise ConfigError(f"{path}: missing the mapping {key!r}")
-    return PlanData(sizes, costs, recipes, sizes_path, costs_path, recipes_path,
-                    gpu_rules(Path(profile_path)))
+    return PlanData(sizes, costs, recipes, sizes_path, costs_path, recipes_path)
 
 
 # ---- sample counts --------------------------------------------------------------------------------
@@ -620,12 +606,13 @@ class _Devices:
         if target not in ("gpu", "cpu"):
             raise ConfigError(f"plan device must be auto, gpu or cpu, got {target!r}")
         self.target = target
+        self.gpu_rules = frozenset((config.get("cluster") or {}).get("gpu_rules") or ())
 
     def of(self, rule: str, flag: bool = False) -> str:
-        """gpu when planning for GPUs and the cluster profile or a config flag gives the rule one."""
+        """gpu when planning for GPUs and `cluster.gpu_rules` or a config flag gives the rule one."""
         if self.target == "cpu":
             return "cpu"
-        return "gpu" if flag or rule in self.data.gpu_rules else "cpu"
+        return "gpu" if flag or rule in self.gpu_rules else "cpu"
 
     def rate(self, device: str, kind: str) -> Figure:
         """FLOP/s of `kind` (inference, matmul, correlation) on a device."""
@@ -794,6 +781,13 @@ def evaluation_costs(config: Mapping[str, Any], jobs: Sequence[TrainingJob], dat
                 rows.append(_evaluation_row(f"{name}/align", "comparison", "align_sae", device, job.rows,
                                             flops, devices, "correlation", job.parameters * 4.0,
                                             job.latents[0] * job.latents[1] * 8.0 * 2))
+    directions = (config.get("decoder_directions") or {}).values()
+    for name in dict.fromkeys(run for runs in directions for run in runs):
+        job = by_name[name]  # the coactivation correlation over the training pairs, as for alignment
+        flops = job.rows * job.encode_flops_per_row + 2.0 * job.rows * job.latents[0] * job.latents[-1]
+        rows.append(_evaluation_row(f"{name}/directions", "decoder_directions", "decoder_directions",
+                                    devices.of("decoder_directions"), job.rows, flops, devices, "correlation",
+                                    0.0, job.latents[0] * job.latents[-1] * 8.0 * 2))
     for job in jobs:
         if job.family != "synthetic":
             continue
@@ -812,7 +806,7 @@ def _sparc_evaluation(name: str, run: Mapping[str, Any], job: TrainingJob, test:
                       devices: _Devices, memory: float) -> CostRow:
     """Every SPARC metric of one run on its N test rows, from bench/bench_eval.py's CPU timings (a
     Global model, evaluated with both inference modes): a part linear in N per stream, and retrieval,
-    N² scores per ordered stream pair and mode. The rule has no GPU in the cluster profile."""
+    N² scores per ordered stream pair and mode."""
     streams = len(job.widths)
     modes = 2 if run["topk"] == "global" else 1
     per_row = data.figure("devices", "cpu", "sparc_evaluation_seconds_per_row_stream")
