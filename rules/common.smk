@@ -12,7 +12,7 @@ os.environ.update(
 )
 
 from xsae.config import run_seed, sweep_runs, validate  # noqa: E402
-from xsae.comparisons import comparison_runs  # noqa: E402
+from xsae.comparison_runs import comparison_runs  # noqa: E402
 from xsae.synthetic_experiments import experiments as synthetic_experiments  # noqa: E402
 from xsae.tables import SPARC_TABLES  # noqa: E402
 from xsae import registry  # noqa: E402

@@ -1,5 +1,5 @@
 # Config access and input/param functions of the sharedness rules (rules/sharedness.smk).
-from xsae.sharedness_runs import (  # noqa: E402
+from xsae.sharedness_config import (  # noqa: E402
     last_layer,
     layer_saes,
     layers_needed,

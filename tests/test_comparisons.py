@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from xsae import config
+from xsae.comparison_runs import comparison_runs
 from xsae.comparisons import (
-    comparison_runs,
     encode_pairs,
     group_captions,
     leaf_label_sets,

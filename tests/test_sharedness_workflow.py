@@ -24,18 +24,20 @@ from xsae.encoders import Encoder, EncoderSpec
 from xsae.errors import ConfigError, DataError
 from xsae.features import StreamRef
 from xsae.sae import Codes
+from xsae.sharedness_config import (
+    comparison_pairs,
+    layer_saes,
+    layers_needed,
+    sae_entry,
+    sae_seed,
+    sharedness_targets,
+)
 from xsae.sharedness_runs import (
     LayerCodes,
     comparative_ranking,
     compare_models,
-    comparison_pairs,
-    layer_saes,
-    layers_needed,
     read_codes,
-    sae_entry,
-    sae_seed,
     select_features,
-    sharedness_targets,
     shuffle_test,
     top_activations,
     top_features,

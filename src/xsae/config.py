@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from xsae.encoder_catalog import LOADER_MODALITIES
 from xsae.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -71,7 +72,7 @@ def validate(config: Mapping[str, Any], *, source: str = "config",
     _expand_comparisons(resolved, validator, source)
     _validate_synthetic(resolved, validator, source)
     check_references(resolved, source=source)
-    from xsae.sharedness_runs import validate_sharedness
+    from xsae.sharedness_config import validate_sharedness
 
     validate_sharedness(resolved, validator, source)
     return resolved
@@ -91,7 +92,7 @@ def _run_with_defaults(entry: dict[str, Any], key: str, validator: Any, source: 
 
 def _expand_comparisons(config: dict[str, Any], validator: Any, source: str) -> None:
     """Add every comparison's trained runs to `sae_runs`, checked like hand-written ones."""
-    from xsae.comparisons import expand_comparisons
+    from xsae.comparison_runs import expand_comparisons
 
     for name, spec in config.get("comparisons", {}).items():
         reserved = sorted({"method", "dataset", "streams", "seed"} & set(spec["sae"]))
@@ -173,8 +174,6 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def check_references(config: Mapping[str, Any], *, source: str = "config") -> None:
     """Names used in one section must be defined in another; say which key points nowhere."""
-    from xsae.encoders import LOADERS
-
     problems: list[str] = []
 
     def unknown(key: str, name: str, section: str, known) -> None:
@@ -185,10 +184,10 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
     datasets, encoders = config["datasets"], config["encoders"]
     streams = config.get("streams", {})
     for name, encoder in encoders.items():
-        if encoder["loader"] not in LOADERS:
+        if encoder["loader"] not in LOADER_MODALITIES:
             problems.append(
                 f"  encoders.{name}.loader: unknown loader {encoder['loader']!r}; "
-                f"available loaders: {', '.join(sorted(LOADERS))}"
+                f"available loaders: {', '.join(sorted(LOADER_MODALITIES))}"
             )
     for name, entry in datasets.items():
         described = entry.get("classes_of")

@@ -424,7 +424,7 @@ def expand(config: Mapping[str, Any]) -> dict[str, Any]:
     the workflow computes this in its own process and hands it to the plan rule, whose render env
     has no torch. `make_plan` computes it itself when it is not given.
     """
-    from xsae.comparisons import comparison_runs
+    from xsae.comparison_runs import comparison_runs
     from xsae.config import sweep_runs
 
     comparisons = comparison_runs(config).items()
@@ -453,7 +453,7 @@ def expand(config: Mapping[str, Any]) -> dict[str, Any]:
                 "n_eval": generator.n_eval,
                 "concepts": generator.n_shared + generator.n_image + generator.n_text})
     if (config.get("sharedness") or {}).get("models"):
-        from xsae.sharedness_runs import comparison_pairs, layer_saes, layers_needed, sae_entry
+        from xsae.sharedness_config import comparison_pairs, layer_saes, layers_needed, sae_entry
 
         for sae in layer_saes(config):
             entry = sae_entry(config, sae.model)

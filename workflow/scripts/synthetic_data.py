@@ -1,7 +1,7 @@
 """Generate one synthetic dataset (rule synthetic_data)."""
 
 from xsae import provenance
-from xsae.synthetic_experiments import make_dataset
+from xsae.synthetic_runs import make_dataset
 from xsae.workflow import script
 
 seed = int(snakemake.wildcards.seed)

@@ -4,7 +4,7 @@ import torch
 
 from xsae import provenance
 from xsae.runs import write_metrics
-from xsae.synthetic_experiments import train_and_score
+from xsae.synthetic_runs import train_and_score
 from xsae.workflow import script
 
 seed = int(snakemake.wildcards.seed)

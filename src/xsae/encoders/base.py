@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from xsae.encoder_catalog import LOADER_MODALITIES
 from xsae.errors import ConfigError
 from xsae.images import to_rgb
 
@@ -230,7 +231,13 @@ LOADERS: dict[str, LoaderFn] = {}
 
 
 def register(key: str) -> Callable[[LoaderFn], LoaderFn]:
+    """Register a loader under a name of `xsae.encoder_catalog` (what configs are checked against)."""
+
     def decorator(fn: LoaderFn) -> LoaderFn:
+        expected = LOADER_MODALITIES.get(key)
+        if expected is None or tuple(getattr(fn, "modalities", ())) != expected:
+            raise ConfigError(f"loader {key!r}: xsae.encoder_catalog.LOADER_MODALITIES lists "
+                              f"{expected!r}, the loader encodes {getattr(fn, 'modalities', None)!r}")
         LOADERS[key] = fn
         return fn
     return decorator

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xsae.errors import ConfigError
-from xsae.sharedness_runs import model_uses
+from xsae.sharedness_config import model_uses
 
 #: SAE width and TopK k are divided so that a run stays a few hundred latents at most.
 LATENT_DIVISOR = 128
