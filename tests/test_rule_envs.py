@@ -3,27 +3,26 @@ dependencies), as it would in the conda environment a cluster run builds from th
 
 Every script runs its imports in a fresh interpreter in which any installed distribution outside
 its environment's closure cannot be imported; a module missing from an env (PIL in train.yaml) or a
-heavy import dragged into a light rule (torch into a render rule) fails here.
+heavy import dragged into a light rule (torch into a render rule) fails here. Then the whole
+default DAG runs with each rule in a real venv built from its env file (`rule_environments.py`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata as metadata
 import json
-import re
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
 
 import pytest
-import yaml
+from helpers import job_counts, make_stamps_tree, tiny_config, write_config
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from rule_environments import env_requirements, rule_envs, run_in_rule_envs
 
 REPO = Path(__file__).resolve().parents[1]
-RULE = re.compile(r"^(?:local)?rule (\w+):(.*?)(?=^(?:local)?rule |\Z)", re.MULTILINE | re.DOTALL)
-# Distributions every environment has: the interpreter's own tools and the workflow itself.
 # Distributions every environment has: the interpreter's own tools. Snakemake's script preamble
 # puts the submitting Snakemake's site-packages on the path (for `snakemake` itself) and the
 # workflow's `src/` (for `xsae`).
@@ -33,24 +32,11 @@ WORKFLOW_MODULES = {"xsae"}
 
 def rule_scripts() -> dict[str, tuple[str, str]]:
     """rule → (env file, script file), for every rule with a `script:`."""
-    found = {}
-    for smk in sorted((REPO / "rules").glob("*.smk")):
-        for name, body in RULE.findall(smk.read_text(encoding="utf-8")):
-            env = re.search(r'conda:\s*(?:#[^\n]*\n\s*)*"\.\./envs/([\w.]+)"', body)
-            script = re.search(r'script:\s*"\.\./workflow/scripts/([\w.]+)"', body)
-            if script:
-                assert env, f"rule {name} ({smk.name}) runs a script but declares no conda env"
-                found[name] = (env.group(1), script.group(1))
-    return found
+    return {rule: (env, code) for rule, (env, code, kind) in rule_envs().items() if kind == "script"}
 
 
 def env_pins(env_file: str) -> set[str]:
-    spec = yaml.safe_load((REPO / "envs" / env_file).read_text(encoding="utf-8"))
-    pins = set()
-    for dependency in spec["dependencies"]:
-        if isinstance(dependency, dict):
-            pins.update(canonicalize_name(Requirement(p).name) for p in dependency.get("pip", []))
-    return pins
+    return {canonicalize_name(Requirement(pin).name) for pin in env_requirements(env_file)}
 
 
 @cache
@@ -127,3 +113,41 @@ def test_each_rule_script_imports_within_its_own_env(env):
     assert result.returncode == 0, result.stderr[-2000:]
     failures = json.loads(result.stdout)
     assert not failures, {scripts[script]: error for script, error in failures.items()}
+
+
+@pytest.mark.slow
+def test_every_rule_of_the_default_dag_runs_in_its_own_env(tmp_path):
+    """The default DAG (its tiny test config) run end to end with each rule's script in a venv built
+    from its own envs/ file: a module or version an env lacks fails its rule here."""
+    tree = make_stamps_tree(tmp_path / "package")
+    config = write_config(tiny_config(tree), tmp_path / "tiny.yaml")
+    planned = run_in_rule_envs(["--cores", "2", "--configfile", str(config), "--dry-run"], tmp_path)
+    assert planned.returncode == 0, (planned.stdout + planned.stderr)[-6000:]
+    result = run_in_rule_envs(["--cores", "2", "--configfile", str(config)], tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    dag = job_counts(planned.stdout + planned.stderr)
+    assert job_counts(output) == dag and len(dag) >= 30, output[-3000:]  # every job of every rule ran
+    assert set(dag) - {"all"} <= set(rule_envs()), "a rule of the DAG runs no Python of its own?"
+
+
+PARSE_ONLY = """
+import importlib.abc, sys
+heavy = {"torch", "torchvision", "PIL", "h5py", "scipy", "sklearn", "matplotlib", "open_clip", "transformers"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in heavy:
+            raise ModuleNotFoundError(f"the Snakefile imported {name!r} while parsing")
+sys.meta_path.insert(0, Block())
+from snakemake.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("config_file", ["config.yaml", "paper.yaml"])
+def test_the_snakefile_parses_without_model_libraries(tmp_path, config_file):
+    """Every job parses the Snakefile again (on a cluster node too): it imports no torch, PIL, h5py..."""
+    result = subprocess.run(
+        [sys.executable, "-c", PARSE_ONLY, "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+         "--configfile", str(REPO / "config" / config_file)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
