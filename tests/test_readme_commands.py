@@ -100,7 +100,7 @@ def _assert_every_job_sized(argv: list[str], output: str) -> None:
     account and partition it was given."""
     jobs = [job for job in dry_run_jobs(output) if job[0] not in LOCAL_RULES]
     assert jobs, output[-2000:]
-    for rule, wildcards, resources in jobs:
+    for rule, _, resources in jobs:
         assert int(resources.get("runtime", 0)) > 0 and int(resources.get("mem_mb", 0)) > 0, (rule, resources)
         if "--default-resources" in argv:
             assert resources.get("slurm_account") == "test_account", (rule, resources)
