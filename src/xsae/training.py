@@ -479,6 +479,35 @@ def dead_latent_bounds(model: SparseAutoencoder) -> list[int]:
     return [int(model.steps_since_active(s).max()) for s in range(model.n_streams)]
 
 
+def take_step(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, batch: Sequence[torch.Tensor],
+              config: TrainingConfig, *, step: int, lr: float, dead_bounds: Sequence[int],
+              autocast: contextlib.AbstractContextManager | None = None
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimisation step on one batch, the same wherever the batch comes from (a feature file
+    or an encoder's live tokens): losses, backward, decoder-gradient projection, clipping, the
+    optimizer at `lr`, decoder renormalisation, dead-latent counters and the scheduled
+    re-initialisation. `dead_bounds` are host-side upper bounds of each stream's steps since a
+    latent fired (`dead_latent_bounds`); they only decide whether AuxK work is needed."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    aux_streams = [s for s, bound in enumerate(dead_bounds) if bound > config.dead_steps]
+    with autocast or contextlib.nullcontext():
+        loss, components, codes = compute_losses(model, batch, config, aux_streams=aux_streams)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    model.project_decoder_grads()
+    if config.grad_clip is not None:  # after the projection: it bounds the step actually taken
+        components["grad_norm"] = clip_gradients(model, config.grad_clip, config.grad_clip_scope)
+    step_optimizer(optimizer)
+    model.normalize_decoder()
+    model.update_dead_counters(codes, config.dead_threshold)
+    if config.reinit_every and step > 0 and (step + 1) % config.reinit_every == 0:
+        # Seeded by the step, so that a resumed run draws the same noise.
+        noise = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        reinitialize_dead(model, config.dead_steps, config.reinit_std, noise)
+    return loss, components
+
+
 def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: TrainingConfig, *,
           checkpoint_path: str | Path | None = None, progress: bool = True,
           stop_after_steps: int | None = None) -> pd.DataFrame:
@@ -530,24 +559,9 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         batch = [x.index_select(0, index) for x in streams]
 
         lr = learning_rate(step, total_steps, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        aux_streams = [s for s, bound in enumerate(dead_bounds) if bound > config.dead_steps]
-        with autocast:
-            loss, components, codes = compute_losses(model, batch, config, aux_streams=aux_streams)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        model.project_decoder_grads()
-        if config.grad_clip is not None:  # after the projection: it bounds the step actually taken
-            components["grad_norm"] = clip_gradients(model, config.grad_clip, config.grad_clip_scope)
-        step_optimizer(optimizer)
-        model.normalize_decoder()
-        model.update_dead_counters(codes, config.dead_threshold)
+        loss, components = take_step(model, optimizer, batch, config, step=step, lr=lr,
+                                     dead_bounds=dead_bounds, autocast=autocast)
         dead_bounds = [bound + 1 for bound in dead_bounds]
-        if config.reinit_every and step > 0 and (step + 1) % config.reinit_every == 0:
-            # Seeded by the step, so that a resumed run draws the same noise.
-            noise = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            reinitialize_dead(model, config.dead_steps, config.reinit_std, noise)
 
         for key, value in (("loss", loss.detach().reshape(1)), *components.items()):
             accumulated[key] = accumulated.get(key, 0) + value.detach()
@@ -556,7 +570,7 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
         bar.update(1)
 
         if step % config.log_every == 0 or step == total_steps:
-            row = _log_row(model, accumulated, interval_steps, step, epoch, names,
+            row = log_row(model, accumulated, interval_steps, step, epoch, names,
                            config.dead_steps)
             dead_bounds = dead_latent_bounds(model)  # the host reads the device here anyway
             row["lr"] = lr
@@ -576,7 +590,7 @@ def train(model: SparseAutoencoder, streams: Sequence[torch.Tensor], config: Tra
     return pd.DataFrame(rows)
 
 
-def _log_row(model: SparseAutoencoder, accumulated: dict[str, torch.Tensor], n: int, step: int,
+def log_row(model: SparseAutoencoder, accumulated: dict[str, torch.Tensor], n: int, step: int,
              epoch: int, names: Sequence[str], dead_steps: int) -> dict:
     means = {key: (value / n).tolist() for key, value in accumulated.items()}
     row: dict = {"step": step, "epoch": epoch, "loss": means["loss"][0]}

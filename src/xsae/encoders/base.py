@@ -56,7 +56,7 @@ class EncoderSpec:
 class Encoded:
     pooled: torch.Tensor  # [B, d]
     layers: list[torch.Tensor] | None = None  # one [B, d_layer] per layer
-    #: per layer: sampled tokens `[M, d_layer]` and the batch row each came from `[M]`
+    #: per layer: sampled (or all real) tokens `[M, d_layer]` and the batch row each came from `[M]`
     tokens: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
@@ -85,6 +85,22 @@ def sample_tokens(tokens: torch.Tensor, mask: torch.Tensor | None, per_sample: i
     positions = top.indices[keep]
     picked = tokens[rows.to(tokens.device), positions.to(tokens.device)]
     return picked.float(), rows
+
+
+def real_tokens(tokens: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every real token of `tokens` `[B, T, d]` (`mask` `[B, T]`, None: all are real), as float32
+    `[M, d]` in sample-then-position order, and the row of each `[M]` (CPU): what an SAE trained
+    on "all tokens" sees, padding never among them."""
+    if tokens.dim() != 3:
+        raise ValueError(f"tokens must be [B, T, d], got shape {list(tokens.shape)}")
+    batch, length = tokens.shape[:2]
+    if mask is None:
+        return tokens.reshape(batch * length, -1).float(), torch.arange(batch).repeat_interleave(length)
+    if tuple(mask.shape) != (batch, length):
+        raise ValueError(f"mask has shape {list(mask.shape)}, tokens {list(tokens.shape[:2])}")
+    keep = mask.to(tokens.device, torch.bool)
+    rows = torch.arange(batch).unsqueeze(1).expand(batch, length)[keep.cpu()]
+    return tokens[keep].float(), rows
 
 
 def paper_image_transform(resize: int = PAPER_RESIZE, crop: int = PAPER_CROP,
@@ -174,13 +190,16 @@ class Encoder(ABC):
 
     @torch.inference_mode()
     def encode(self, modality: str, batch: Any, *, layers: bool = False, tokens_per_sample: int = 0,
-               generator: torch.Generator | None = None) -> Encoded:
+               generator: torch.Generator | None = None, all_tokens: bool = False) -> Encoded:
         """Pooled features; with `layers` one global token per layer; with `tokens_per_sample`
-        also that many sampled real tokens per sample and layer (drawn from `generator`)."""
+        also that many sampled real tokens per sample and layer (drawn from `generator`), or with
+        `all_tokens` every real token of every layer (`real_tokens`)."""
         self._check_modality(modality)
         if tokens_per_sample < 0:
             raise ValueError(f"tokens_per_sample must be nonnegative, got {tokens_per_sample}")
-        if not layers and not tokens_per_sample:
+        if tokens_per_sample and all_tokens:
+            raise ValueError("tokens_per_sample samples tokens; all_tokens keeps them all: choose one")
+        if not layers and not tokens_per_sample and not all_tokens:
             return Encoded(pooled=self._encode(modality, batch).float())
         with self._capture(modality) as captured:
             pooled = self._encode(modality, batch).float()
@@ -188,6 +207,8 @@ class Encoder(ABC):
         if tokens_per_sample:
             tokens = [sample_tokens(*self.layer_tokens(modality, h), tokens_per_sample, generator)
                       for h in captured]
+        elif all_tokens:
+            tokens = [real_tokens(*self.layer_tokens(modality, h)) for h in captured]
         return Encoded(pooled=pooled, layers=[self.layer_token(modality, h).float() for h in captured],
                        tokens=tokens)
 
