@@ -282,6 +282,30 @@ def test_layer_aggregation_all_and_last():
         last_layer_score(pairs, weighting="bogus")
 
 
+def test_all_layers_readings_on_layers_of_different_widths():
+    """A's layers have 4 and 8 features: the layer mean weights their scores 1:2 (the authors' code
+    weights by feature count), the pooled reading is one wMPPC over all 12 features."""
+    rng = np.random.default_rng(5)
+    n = 500
+    a0, a1 = np.abs(rng.standard_normal((n, 4))), np.abs(rng.standard_normal((n, 8)))
+    b0 = np.concatenate([a1[:, [2, 5]], np.abs(rng.standard_normal((n, 3)))], 1)
+    b1 = np.abs(rng.standard_normal((n, 6)))
+    pairs = layer_pair_correlations({"l0": a0, "l1": a1}, {"l0": b0, "l1": b1}, matmul_dtype=torch.float64)
+    rho = [np.maximum(reference_correlations(a, b0).max(1), reference_correlations(a, b1).max(1))
+           for a in (a0, a1)]
+    mass = [a0.sum(0), a1.sum(0)]
+    per_layer = [(m * r).sum() / m.sum() for m, r in zip(mass, rho, strict=True)]
+    assert all_layers_score(pairs) == pytest.approx((4 * per_layer[0] + 8 * per_layer[1]) / 12, rel=1e-10)
+    pooled = (np.concatenate(mass) * np.concatenate(rho)).sum() / np.concatenate(mass).sum()
+    assert all_layers_score(pairs, reading="pooled") == pytest.approx(pooled, rel=1e-10)
+    uniform_pooled = np.concatenate(rho).mean()
+    assert all_layers_score(pairs, "uniform", "pooled") == pytest.approx(uniform_pooled, rel=1e-10)
+    assert all_layers_score(pairs, "uniform") == pytest.approx((4 * rho[0].mean() + 8 * rho[1].mean()) / 12)
+    assert abs(pooled - all_layers_score(pairs)) > 1e-4  # the readings differ here
+    with pytest.raises(ValueError, match="reading"):
+        all_layers_score(pairs, reading="bogus")
+
+
 # ---- Comparative Sharedness ------------------------------------------------------------------------------
 def test_comparative_sharedness_hand_example():
     table = comparative_sharedness([2.0, 1.0, 4.0], [0.9, 0.2, 0.5], [0.1, 0.8, 0.5])

@@ -221,15 +221,20 @@ def test_compare_models_matches_a_numpy_reference_in_every_scope():
     # layer 0 of A has a perfect copy among B's layer-1 features
     assert get("layer", "wmppc", layer_source=0, layer_target=1) == pytest.approx(1.0, abs=1e-9)
     best = [np.max([rho[i, j] for j in range(3)], axis=0) for i in range(2)]
-    expected_all = np.mean([(mass[i] * best[i]).sum() / mass[i].sum() for i in range(2)])
+    widths = [8, 20]  # A's layers are averaged weighted by their feature counts (the authors' code)
+    expected_all = np.average([(mass[i] * best[i]).sum() / mass[i].sum() for i in range(2)], weights=widths)
     assert get("all", "wmppc") == pytest.approx(expected_all, abs=1e-6)
-    assert get("all", "mppc") == pytest.approx(np.mean([b.mean() for b in best]), abs=1e-6)
+    assert get("all", "mppc") == pytest.approx(np.average([b.mean() for b in best], weights=widths), abs=1e-6)
+    pooled_mass, pooled_rho = np.concatenate(mass), np.concatenate(best)
+    assert get("all_pooled", "wmppc") == pytest.approx((pooled_mass * pooled_rho).sum() / pooled_mass.sum(),
+                                                       abs=1e-6)
+    assert get("all_pooled", "mppc") == pytest.approx(pooled_rho.mean(), abs=1e-6)
     assert get("last", "wmppc") == pytest.approx((mass[1] * rho[1, 2]).sum() / mass[1].sum(), abs=1e-6)
     # the other direction comes from the same job
     reverse = _reference_rho(dense_b[2], dense_a[1])
     assert get("last", "mppc", source="B", target="A") == pytest.approx(reverse.mean(), abs=1e-6)
     assert set(scores.n_samples) == {n}
-    assert len(scores) == 2 * (2 * 3 * 2 + 2 + 2)
+    assert len(scores) == 2 * (2 * 3 * 2 + 2 + 2 + 2)
 
 
 def test_compare_models_refuses_codes_of_other_samples_and_silent_saes():
@@ -472,7 +477,7 @@ def test_default_dag_has_the_sharedness_jobs(tmp_path):
     jobs = planned_jobs(tmp_path, REPO / "config" / "config.yaml")
     assert {rule: jobs[rule] for rule in SHAREDNESS_RULES} == {
         "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1, "sharedness_pair": 5,
-        "sharedness_table": 2, "sharedness_average": 1, "sharedness_layerwise": 1,
+        "sharedness_table": 3, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 1, "sharedness_comparative_figure": 1, "sharedness_shuffle": 1,
         "sharedness_shuffle_table": 1}
 
@@ -494,7 +499,7 @@ def test_paper_dag_covers_every_sharedness_item(tmp_path):
                            "laion": sum(large.values()), "flowers": sum(large.values())}
     jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
     assert jobs["sharedness_sae"] == len(saes)
-    assert jobs["sharedness_table"] == 2 + 20 and jobs["sharedness_average"] == 1
+    assert jobs["sharedness_table"] == 2 + 20 + 1 and jobs["sharedness_average"] == 1  # + Table 1 pooled
     assert jobs["sharedness_pair"] == len(comparison_pairs(config))
     assert jobs["sharedness_comparative"] == jobs["sharedness_comparative_figure"] == 4
     assert jobs["sharedness_layerwise"] == jobs["sharedness_shuffle"] == jobs["sharedness_shuffle_table"] == 1
@@ -531,6 +536,11 @@ def test_tiny_sharedness_run_renders_every_item(sharedness_run):
     assert np.allclose(np.diag(values), 1.0) and ((values >= -1) & (values <= 1)).all()
     table2 = pd.read_csv(results / "tables/sharedness_table2.csv")
     assert table2.shape == table1.shape and not np.allclose(table2.iloc[:, 3:], table1.iloc[:, 3:])
+    # The pooled reading of "all layers": the same diagonal, other numbers where layer widths differ
+    pooled = pd.read_csv(results / "tables/sharedness_table1_pooled.csv")
+    pooled_values = pooled[["EfficientNet (I)", "MobileNetV2 (I)", "MiniLM (T)"]].to_numpy()
+    assert np.allclose(np.diag(pooled_values), 1.0) and not np.allclose(pooled_values, values)
+    assert "pooled" in (results / "tables/sharedness_table1_pooled.md").read_text()
     table3 = pd.read_csv(results / "tables/sharedness_table3.csv")
     assert list(table3["layers"]) == ["All", "Last"] and table3["Text → Text"].isna().all()
     # Table 3's Image → Text is the mean of Table 1's two image → text cells

@@ -59,7 +59,7 @@ def test_default_dag_has_every_stage(tmp_path):
         # sharedness: SAEs of EfficientNet (8 layers), MobileNetV2 (8), MiniLM (7) and second seeds
         # of EfficientNet and MiniLM; 5 model pairs; Tables 1–3, Figure 1, a comparative figure, Appendix C
         "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1, "sharedness_pair": 5,
-        "sharedness_table": 2, "sharedness_average": 1, "sharedness_layerwise": 1,
+        "sharedness_table": 3, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 1, "sharedness_comparative_figure": 1, "sharedness_shuffle": 1,
         "sharedness_shuffle_table": 1, "scorecard": 1, "plan_table": 1,
     }
@@ -100,7 +100,7 @@ def test_paper_dag_builds(tmp_path):
         "all": 1,
         # sharedness pairs: 182, and MambaVision with each of the 10 large models
         "sharedness_sae": sharedness_saes, "sharedness_saes_table": 1, "sharedness_pair": 182 + 10,
-        "sharedness_table": 2 + 20, "sharedness_average": 1, "sharedness_layerwise": 1,
+        "sharedness_table": 2 + 20 + 1, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 4, "sharedness_comparative_figure": 4, "sharedness_shuffle": 1,
         "sharedness_shuffle_table": 1, "scorecard": 1, "plan_table": 1,
     }

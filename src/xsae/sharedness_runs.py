@@ -210,8 +210,9 @@ def compare_models(layers_a: Mapping[int, LayerCodes], layers_b: Mapping[int, La
                              n_samples))
         last_source, last_target = max(layers_source), max(layers_target)
         for metric, weighting in METRICS.items():
-            rows.append((source, target, "all", -1, -1, metric, all_layers_score(pairs, weighting),
-                         n_samples))
+            for scope, reading in (("all", "layer_mean"), ("all_pooled", "pooled")):
+                value = all_layers_score(pairs, weighting, reading)
+                rows.append((source, target, scope, -1, -1, metric, value, n_samples))
             rows.append((source, target, "last", last_source, last_target, metric,
                          last_layer_score(pairs, weighting), n_samples))
     return pd.DataFrame(rows, columns=PAIR_COLUMNS)

@@ -18,6 +18,11 @@ import pandas as pd
 
 from xsae.errors import DataError
 
+#: How a table names the layers it scores (pair-score scopes; xsae.metrics.sharedness.all_layers_score).
+SCOPE_NAMES = {"all": "All", "all_pooled": "All (pooled)", "last": "Last"}
+SCOPE_CAPTIONS = {"all": "all layers, the source's layers averaged by feature count as in the authors' code",
+                  "all_pooled": "all layers, pooled over every feature of the source's layers",
+                  "last": "last layer"}
 PAIR_COLUMNS = ["source", "target", "scope", "layer_source", "layer_target", "metric", "value", "n_samples"]
 #: Scores of a pair: metric name → weighting of `xsae.metrics.sharedness` (wMPPC by activation
 #: mass S_i, Eq. 3; MPPC uniform, Eq. 1).
@@ -112,7 +117,7 @@ def average_table(rows: Sequence[tuple[Mapping[str, Any], pd.DataFrame]], *,
     for spec, scores in rows:
         means = modality_averages(scores, spec["models"], modalities=modalities, encoder_of=encoder_of,
                                   scope=spec["layers"], metric=metric)
-        head = {"layers": spec["layers"].capitalize(), "dataset": spec["label"]}
+        head = {"layers": SCOPE_NAMES[spec["layers"]], "dataset": spec["label"]}
         out.append({**head, "numbers": "reproduced", **{names[p]: v for p, v in means.items()}})
         published = _published(reference, spec["layers"], spec["label"])
         if published is None:

@@ -1,7 +1,13 @@
 """One source × target matrix of the sharedness paper (rule sharedness_table)."""
 
 from xsae import provenance, tables
-from xsae.sharedness_tables import METRIC_NAMES, WEIGHTING_METRIC, matrix_table, read_pair_scores
+from xsae.sharedness_tables import (
+    METRIC_NAMES,
+    SCOPE_CAPTIONS,
+    WEIGHTING_METRIC,
+    matrix_table,
+    read_pair_scores,
+)
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake):
@@ -15,8 +21,9 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
                          modalities=facts["modalities"], scope=spec["layers"], metric=metric,
                          reference=reference)
     name = METRIC_NAMES[metric]
-    caption = " ".join(filter(None, [spec["caption"], f"{name} source → target ({spec['layers']} layers) on "
-                                                      f"{spec['dataset']}, test split."]))
+    scope = SCOPE_CAPTIONS[spec["layers"]]
+    caption = " ".join(filter(None, [spec["caption"],
+                                     f"{name} source → target ({scope}) on {spec['dataset']}, test split."]))
     tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")}, caption=caption,
                   label=f"tab:sharedness-{snakemake.wildcards.table}")
     log.info("\n%s", tables.to_markdown(table))

@@ -803,15 +803,27 @@ def layerwise_table(pairs: LayerPairs) -> pd.DataFrame:
 LayerPairs = Mapping[tuple[Hashable, Hashable], MaxCorrelation]
 
 
-def all_layers_score(pairs: LayerPairs, weighting: str = "mass") -> float:
-    """"All layers" (Tables 1, 7–8): per layer of A, ρ_i = max over every layer of B (the max over
-    B's features pooled across layers), scored with that layer's weights; then averaged over A's layers."""
+#: How "all layers" scores combine A's layers: `layer_mean`, the authors' code (each layer's score,
+#: averaged with weights proportional to its feature count: equal for same-width transformer
+#: layers), or `pooled` (one wMPPC over every feature of every layer, Σ_i S_i ρ_i / Σ_i S_i).
+ALL_LAYERS_READINGS = ("layer_mean", "pooled")
+
+
+def all_layers_score(pairs: LayerPairs, weighting: str = "mass", reading: str = "layer_mean") -> float:
+    """"All layers" (Tables 1, 7–8): per feature i of A, ρ_i = max over every feature of every layer
+    of B; combined over A's layers as `reading` says (`ALL_LAYERS_READINGS`)."""
     layers_a, layers_b = _layer_orders(pairs)
-    scores = []
-    for layer_a in layers_a:
-        rho = torch.stack([pairs[layer_a, layer_b].rho for layer_b in layers_b]).amax(0)
-        scores.append(_score(pairs[layer_a, layers_b[0]], rho, weighting))
-    return float(np.mean(scores))
+    rhos = [torch.stack([pairs[la, lb].rho for lb in layers_b]).amax(0) for la in layers_a]
+    results = [pairs[la, layers_b[0]] for la in layers_a]
+    if reading == "layer_mean":
+        scores = [_score(result, rho, weighting) for result, rho in zip(results, rhos, strict=True)]
+        return float(np.average(scores, weights=[len(rho) for rho in rhos]))
+    if reading == "pooled":
+        rho = torch.cat(rhos)
+        if weighting == "mass":
+            return wmppc(rho, torch.cat([torch.as_tensor(r.activation_mass) for r in results]))
+        return _score(results[0], rho, weighting)
+    raise ValueError(f"reading must be one of {ALL_LAYERS_READINGS}, got {reading!r}")
 
 
 def last_layer_score(pairs: LayerPairs, weighting: str = "mass") -> float:
