@@ -7,6 +7,7 @@ encoders; it takes about a minute on two cores.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -264,3 +265,30 @@ def test_changing_one_sae_parameter_reruns_only_what_depends_on_it(finished_run)
         "train_sae": 1, "evaluate_reconstruction": 1, "figure_training": 1, "evaluate_sparc": 1,
         "table_sparc": 5, "figure_top_activations": 1, "scorecard": 1, "plan_table": 1, "all": 1,
     }
+
+
+@pytest.mark.slow
+def test_verify_finds_silent_damage_and_its_rerun_repairs_it(finished_run):
+    """A metrics file corrupted without changing its size or mtime, and a deleted intermediate file
+    whose dependents still exist: Snakemake sees neither; `xsae verify` finds both, and its rerun
+    leaves a run that verifies clean with nothing left to do."""
+    workdir, configfile = finished_run
+    verify = [sys.executable, "-m", "xsae.cli", "verify", str(workdir), "--quiet"]
+    assert subprocess.run(verify, capture_output=True, text=True, check=False).returncode == 0
+    corrupt = workdir / "results/metrics/topk_effnet/reconstruction_test.csv"
+    stat, text = corrupt.stat(), corrupt.read_text()
+    corrupt.write_text(text.replace("0.", "9.", 1))
+    os.utime(corrupt, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (workdir / "results/sae/topk_minilm/training_log.csv").unlink()
+    assert planned_jobs(workdir, configfile) == {}  # invisible to Snakemake
+
+    found = subprocess.run(verify, capture_output=True, text=True, check=False)
+    assert found.returncode == 1
+    assert "modified   results/metrics/topk_effnet/reconstruction_test.csv" in found.stdout
+    assert "missing    results/sae/topk_minilm/training_log.csv" in found.stdout
+    repaired = subprocess.run([*verify, "--rerun", "--", "-s", str(REPO / "Snakefile"), "--cores", "2",
+                               "--configfile", str(configfile)], capture_output=True, text=True, check=False)
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert corrupt.read_text() == text
+    assert subprocess.run(verify, capture_output=True, text=True, check=False).returncode == 0
+    assert planned_jobs(workdir, configfile) == {}

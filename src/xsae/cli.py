@@ -30,6 +30,27 @@ def _provenance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from xsae import verify
+
+    findings = verify.verify(args.directory, show_progress=not args.quiet)
+    for finding in findings:
+        print(f"{finding.problem:10s} {finding.path}  ({finding.detail})")
+    rerun = verify.rerun_arguments(findings)
+    where = [] if args.directory == "." else ["--directory", args.directory]
+    if not rerun:  # nothing, or unrecorded files only: no recorded output is damaged
+        print(f"{args.directory}: every recorded output matches its provenance record")
+        return 0
+    if not args.rerun:
+        print(f"{len(rerun) - 1} damaged output(s). To make them again and everything downstream of them:\n"
+              f"  xsae run -- {' '.join([*where, *rerun])}\n"
+              "(or add --rerun to this command)", file=sys.stderr)
+        return 1
+    from xsae.warm_start import run_snakemake
+
+    return run_snakemake([*where, *rerun, *args.snakemake_args])
+
+
 def _check_config(args: argparse.Namespace) -> int:
     from xsae import config
 
@@ -84,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     prov.add_argument("path")
     prov.add_argument("--json", action="store_true", help="the whole tree of records as JSON")
     prov.set_defaults(func=_provenance)
+    verifier = commands.add_parser(
+        "verify", help="check every output of a run against its provenance record",
+        description="Hash every output under results/ and resources/ and compare it with its record: "
+                    "modified (corrupt or edited), missing (record left, output gone) and unrecorded "
+                    "files. Exit status 1 when anything is wrong; --rerun makes the bad files again "
+                    "and everything downstream of them (Snakemake --forcerun), with any Snakemake "
+                    "arguments given after `--`: `xsae verify --rerun -- --cores 2`.")
+    verifier.add_argument("directory", nargs="?", default=".", help="the run's folder (default: here)")
+    verifier.add_argument("--rerun", action="store_true", help="run Snakemake to repair what is wrong")
+    verifier.add_argument("--quiet", action="store_true", help="no progress bar")
+    verifier.set_defaults(func=_verify)
     check = commands.add_parser(
         "check-config", help="validate what `snakemake --configfile CONFIG...` would run",
         description="Validate config files merged in order, as `snakemake --configfile` merges "
@@ -127,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     runner.add_argument("--cold", action="store_true", help="plain `snakemake`: a fresh interpreter per job")
     runner.set_defaults(func=_run)
     argv = sys.argv[1:] if argv is None else list(argv)
-    # `xsae rehearsal|run ... -- <snakemake arguments>`
+    # `xsae rehearsal|run|verify ... -- <snakemake arguments>`
     passed = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.snakemake_args = passed

@@ -155,7 +155,11 @@ class Job:
 
 @contextlib.contextmanager
 def recording(current: Job) -> Iterator[Job]:
-    """Run a block; if it succeeds, write the record beside every output."""
+    """Run a block; if it succeeds, write the record beside every output. Records of an earlier
+    run of the same outputs go first: a job killed halfway leaves no record beside outputs it
+    did not finish (Snakemake deletes those outputs, but not files it does not know of)."""
+    for output in current.outputs:
+        record_path(output).unlink(missing_ok=True)
     yield current
     current.write()
 
@@ -182,7 +186,7 @@ class Node:
     sha256: str = ""  # as recorded
 
 
-def _recorded_output(location: Path, record: dict[str, Any] | None
+def recorded_output(location: Path, record: dict[str, Any] | None
                      ) -> tuple[dict[str, Any] | None, Path | None]:
     """The record's entry for the file at `location`, and the folder the record's relative paths
     are relative to (the job's working directory; None for absolute ones). Outputs are recorded by
@@ -222,7 +226,7 @@ def chain(path: str | os.PathLike, _seen: set[str] | None = None, _root: Path | 
     if key in seen:
         return Node(shown, record, False, [], repeated=True)
     seen.add(key)
-    output, root = _recorded_output(location, record)
+    output, root = recorded_output(location, record)
     node = Node(shown, record, _modified(location, output), [], sha256=(output or {}).get("sha256", ""))
     if record is None:
         return node
