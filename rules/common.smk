@@ -17,6 +17,7 @@ from xsae.synthetic_experiments import experiments as synthetic_experiments  # n
 from xsae.tables import SPARC_TABLES  # noqa: E402
 from xsae import registry  # noqa: E402
 from xsae.resources import ResourceTable  # noqa: E402
+from xsae.plan import dataset_splits as plan_dataset_splits  # noqa: E402
 
 config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
 
@@ -58,12 +59,11 @@ SOURCE_DATASETS = _names_pattern(
 PROMPT_DATASETS = _names_pattern(
     name for name, entry in config["datasets"].items() if entry["kind"] == "class_prompts"
 )
-#: Kinds whose train split is empty by construction: their features are extracted for test only.
-TEST_ONLY_KINDS = ("imagenet_val", "class_prompts")
 
 
 def dataset_splits(dataset):
-    return ("test",) if config["datasets"][dataset]["kind"] in TEST_ONLY_KINDS else SPLITS
+    """The splits a dataset has features of (test only for kinds without a train split)."""
+    return plan_dataset_splits(config, dataset)
 
 
 def dataset_entry(wildcards):

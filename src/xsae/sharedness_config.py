@@ -12,11 +12,10 @@ from typing import Any
 
 from xsae.encoder_catalog import LOADER_MODALITIES
 from xsae.errors import ConfigError
+from xsae.plan import TEST_ONLY_KINDS  # kinds without a train split: nothing to train a per-layer SAE on
 
 #: sae_runs keys that each per-layer SAE sets itself.
 RESERVED_SAE_KEYS = ("method", "dataset", "streams", "n_latents")
-#: Kinds of dataset without a train split (nothing to train a per-layer SAE on).
-TEST_ONLY_KINDS = ("imagenet_val", "class_prompts")
 
 
 # ---- the section as config data --------------------------------------------------------------
