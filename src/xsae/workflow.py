@@ -4,8 +4,10 @@ running the workflow locally (a stale lock left by a killed run)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +32,41 @@ def script(snakemake: Any) -> Iterator[logging.Logger]:
     except XsaeError as exc:
         logger.error("%s", exc)
         sys.exit(f"{snakemake.rule}: {exc}")
+    except OSError as exc:
+        if storage_errno(exc) not in STORAGE_ERRORS:
+            raise
+        message = storage_message(exc)
+        logger.error("%s", message)
+        sys.exit(f"{snakemake.rule}: {message}")
+
+
+#: Errors of the storage, not of the code: the disk is full or read-only, or the folder is not ours.
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_errno(exc: OSError) -> int | None:
+    """The error number, also where a library put it only in the message (h5py: "errno = 28")."""
+    if exc.errno is not None:
+        return exc.errno
+    found = re.search(r"errno = (\d+)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def storage_message(exc: OSError) -> str:
+    """One line: which file (the final name, not its temporary sibling), what the system said, and
+    what to do."""
+    where = str(exc.filename or "a file")
+    temporary = re.fullmatch(r"(.*/)?\.(.+)\.[^./]+\.tmp", where)  # xsae.io.atomic_path's temporaries
+    if temporary:
+        where = f"{temporary.group(1) or ''}{temporary.group(2)}"
+    code = storage_errno(exc)
+    reason = exc.strerror or os.strerror(code) if code else str(exc)
+    hint = {errno.ENOSPC: "free space there (or point the run at a larger disk) and rerun",
+            errno.EDQUOT: "free space in your quota and rerun",
+            errno.EROFS: "the file system is read-only: run in a writable folder",
+            errno.EACCES: "make the folder writable for you, or run elsewhere",
+            errno.EPERM: "make the folder writable for you, or run elsewhere"}[code]
+    return f"cannot write {where}: {reason} ({hint}); nothing half-written was kept"
 
 
 def snakemake_workdir(args: Sequence[str], cwd: str | Path = ".") -> Path:

@@ -1,0 +1,42 @@
+"""`xsae.workflow.script`: a job's failure as one readable line, in the job's log too."""
+
+from __future__ import annotations
+
+import errno
+from types import SimpleNamespace
+
+import pytest
+
+from xsae.io import atomic_path
+from xsae.workflow import script
+
+
+def fake_snakemake(log):
+    wildcards = SimpleNamespace(items=lambda: [("run", "a")])
+    return SimpleNamespace(rule="train_sae", log=[str(log)], wildcards=wildcards)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_in_the_log_too(tmp_path):
+    log = tmp_path / "job.log"
+    final = tmp_path / "results" / "weights.safetensors"
+    with pytest.raises(SystemExit) as exited, script(fake_snakemake(log)), atomic_path(final) as tmp:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    message = str(exited.value.code)
+    assert message.startswith(f"train_sae: cannot write {final}: No space left on device (free space")
+    assert "\n" not in message and message.split(": ", 1)[1] in log.read_text()
+    assert not final.exists() and list(final.parent.iterdir()) == []  # nothing half-written
+
+
+def test_an_unwritable_folder_and_an_h5py_error_are_named(tmp_path):
+    with pytest.raises(SystemExit) as exited, script(fake_snakemake(tmp_path / "job.log")):
+        raise PermissionError(errno.EACCES, "Permission denied", "/data/results/x.csv")
+    assert "cannot write /data/results/x.csv: Permission denied (make the folder" in exited.value.code
+    with pytest.raises(SystemExit) as exited, script(fake_snakemake(tmp_path / "job.log")):
+        raise OSError("Unable to create file (unable to open file: name = 'f.h5', errno = 28, "
+                      "error message = 'No space left on device')")
+    assert "No space left on device (free space" in exited.value.code
+
+
+def test_other_errors_keep_their_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError), script(fake_snakemake(tmp_path / "job.log")):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")
