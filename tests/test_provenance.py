@@ -351,3 +351,10 @@ def test_the_same_chain_from_any_path_and_folder(relative_jobs, monkeypatch, cap
     captured = capsys.readouterr()
     assert "results/a.txt  [rule make_a" in captured.out and "MODIFIED" in captured.out
     assert "1 file(s) changed since they were recorded: results/a.txt" in captured.err
+
+
+def test_a_record_holds_the_threads_the_job_was_given(tmp_path):
+    import torch
+
+    record = provenance.Job(rule="r", inputs=[], outputs=[str(tmp_path / "x")], threads=3).record()
+    assert record["threads"] == {"job": 3, "torch": torch.get_num_threads()}

@@ -231,6 +231,7 @@ def test_provenance_chain_reaches_the_download(finished_run):
         assert expected in out, f"{expected!r} missing from:\n{out}"
     record = json.loads((workdir / "results/sae/topk_effnet/weights.safetensors.prov.json").read_text())
     assert record["seed"] == 0 and record["params"]["run"]["k"] == 4
+    assert record["threads"]["job"] == 1 and record["threads"]["torch"] >= 1
     assert record["wildcards"] == {"run": "topk_effnet"}
     assert {"torch", "numpy", "snakemake"} <= set(record["packages"])
     assert "dirty" in record["code"] and record["started"] <= record["finished"]

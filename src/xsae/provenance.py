@@ -106,6 +106,12 @@ def file_entry(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(path), "sha256": sha256_path(path), **stat}
 
 
+def _library_threads() -> dict[str, int]:
+    """The thread pools of the numeric libraries the job imported, as they are at its end."""
+    torch = sys.modules.get("torch")
+    return {"torch": torch.get_num_threads()} if torch is not None else {}
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -120,6 +126,8 @@ class Job:
     params: Mapping[str, Any] = field(default_factory=dict)
     wildcards: Mapping[str, Any] = field(default_factory=dict)
     seed: int | None = None
+    #: CPU threads the job was given (Snakemake's `threads`): float sums can depend on it.
+    threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     started: str = field(default_factory=_now)
 
@@ -129,6 +137,7 @@ class Job:
             "wildcards": _jsonable(dict(self.wildcards)),
             "params": _jsonable(dict(self.params)),
             "seed": self.seed,
+            "threads": {"job": self.threads, **_library_threads()},
             "inputs": [file_entry(p) for p in self.inputs],
             "outputs": [file_entry(p) for p in self.outputs],
             "code": code_version(),
@@ -145,7 +154,8 @@ class Job:
         return cls(rule=snakemake.rule, inputs=[str(p) for p in snakemake.input],
                    outputs=[str(p) for p in snakemake.output],
                    params=dict(snakemake.params.items()),
-                   wildcards=dict(snakemake.wildcards.items()), seed=seed)
+                   wildcards=dict(snakemake.wildcards.items()), seed=seed,
+                   threads=getattr(snakemake, "threads", None))
 
     def write(self) -> None:
         record = self.record()
