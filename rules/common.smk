@@ -103,6 +103,12 @@ def resource_table():
     return ResourceTable.from_config(config)
 
 
+def rule_threads(rule):
+    """`threads:` of a rule: its numeric thread count from the config (`xsae.workflow.numeric_threads`
+    reads the same key), so Snakemake schedules the cores the job will use."""
+    return config["threads"].get(rule, 1)
+
+
 def job_resources(rule):
     """`resources: **job_resources("<rule>")`: each job's wall time, memory and GPUs from the plan
     (`xsae.resources`), so a cluster run needs no sizes in its profile; a retry asks for more."""

@@ -11,6 +11,7 @@ rule evaluate_reconstruction:
         device=config["device"],
     resources:
         **job_resources("evaluate_reconstruction"),
+    threads: rule_threads("evaluate_reconstruction")
     log:
         "results/logs/evaluate_reconstruction/{run}_{split}.log",
     conda:
@@ -36,6 +37,7 @@ rule evaluate_sparc:
         device=config["device"],
     resources:
         **job_resources("evaluate_sparc"),
+    threads: rule_threads("evaluate_sparc")
     log:
         "results/logs/evaluate_sparc/{run}_{split}.log",
     conda:

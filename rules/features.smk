@@ -8,9 +8,9 @@ rule extract_features:
         encoder=encoder_entry,
         device=config["device"],
         modalities=dataset_modalities,
-    threads: 2
     resources:
         **job_resources("extract_features"),
+    threads: rule_threads("extract_features")
     log:
         "results/logs/extract_features/{dataset}/{split}/{encoder}.log",
     conda:

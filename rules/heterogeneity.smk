@@ -19,6 +19,7 @@ rule align_sae:
         device=config["device"],
     resources:
         **job_resources("align_sae"),
+    threads: rule_threads("align_sae")
     log:
         "results/logs/align_sae/{run}.log",
     conda:
@@ -43,9 +44,9 @@ rule evaluate_comparison:
         run=run_entry,
         seed=run_seed_of,
         device=config["device"],
-    threads: 2
     resources:
         **job_resources("evaluate_comparison"),
+    threads: rule_threads("evaluate_comparison")
     log:
         "results/logs/evaluate_comparison/{run}_{variant}.log",
     conda:
@@ -73,6 +74,7 @@ rule table_comparison:
         spec=lambda wildcards: config["comparisons"][wildcards.comparison],
     resources:
         **job_resources("table_comparison"),
+    threads: rule_threads("table_comparison")
     log:
         "results/logs/table_comparison/{comparison}.log",
     conda:
@@ -98,6 +100,7 @@ rule figure_steering:
         members=comparison_members,
     resources:
         **job_resources("figure_steering"),
+    threads: rule_threads("figure_steering")
     log:
         "results/logs/figure_steering/{comparison}.log",
     conda:
@@ -122,6 +125,7 @@ rule figure_monosemanticity:
         members=comparison_members,
     resources:
         **job_resources("figure_monosemanticity"),
+    threads: rule_threads("figure_monosemanticity")
     log:
         "results/logs/figure_monosemanticity/{comparison}.log",
     conda:
@@ -144,6 +148,7 @@ rule decoder_directions:
         device=config["device"],
     resources:
         **job_resources("decoder_directions"),
+    threads: rule_threads("decoder_directions")
     log:
         "results/logs/decoder_directions/{run}.log",
     conda:
@@ -172,6 +177,7 @@ rule figure_decoder_directions:
         figure="[A-Za-z0-9_]+",
     resources:
         **job_resources("figure_decoder_directions"),
+    threads: rule_threads("figure_decoder_directions")
     log:
         "results/logs/figure_decoder_directions/{figure}.log",
     conda:

@@ -13,6 +13,7 @@ rule manifest:
         dataset=dataset_entry,
     resources:
         **job_resources("manifest"),
+    threads: rule_threads("manifest")
     log:
         "results/logs/manifest/{dataset}.log",
     conda:
@@ -35,6 +36,7 @@ rule manifest_labelled:
         dataset=dataset_entry,
     resources:
         **job_resources("manifest_labelled"),
+    threads: rule_threads("manifest_labelled")
     log:
         "results/logs/manifest_labelled/{dataset}.log",
     conda:
@@ -60,6 +62,7 @@ rule manifest_prompts:
         ],
     resources:
         **job_resources("manifest_prompts"),
+    threads: rule_threads("manifest_prompts")
     log:
         "results/logs/manifest_prompts/{dataset}.log",
     conda:

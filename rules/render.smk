@@ -15,6 +15,7 @@ rule table_reconstruction:
         table=config["tables"].get("reconstruction"),
     resources:
         **job_resources("table_reconstruction"),
+    threads: rule_threads("table_reconstruction")
     log:
         "results/logs/table_reconstruction.log",
     conda:
@@ -37,6 +38,7 @@ rule figure_training:
         pdf="results/figures/sae_training_{run}.pdf",
     resources:
         **job_resources("figure_training"),
+    threads: rule_threads("figure_training")
     log:
         "results/logs/figure_training/{run}.log",
     conda:
@@ -65,6 +67,7 @@ rule figure_dataset_overview:
         seed=config["seed"],
     resources:
         **job_resources("figure_dataset_overview"),
+    threads: rule_threads("figure_dataset_overview")
     log:
         notebook="results/notebooks/dataset_overview_{dataset}.ipynb",
     conda:
@@ -92,6 +95,7 @@ rule table_sparc:
         streams=sparc_table_streams,
     resources:
         **job_resources("table_sparc"),
+    threads: rule_threads("table_sparc")
     log:
         "results/logs/table_sparc/{set}_{table}.log",
     conda:
@@ -118,6 +122,7 @@ rule figure_sweep:
         parameter=sweep_parameter,
     resources:
         **job_resources("figure_sweep"),
+    threads: rule_threads("figure_sweep")
     log:
         "results/logs/figure_sweep/{sweep}.log",
     conda:
@@ -144,6 +149,7 @@ rule figure_top_activations:
         per_stream=5,
     resources:
         **job_resources("figure_top_activations"),
+    threads: rule_threads("figure_top_activations")
     log:
         "results/logs/figure_top_activations/{run}.log",
     conda:

@@ -20,6 +20,7 @@ rule scorecard:
         ),
     resources:
         **job_resources("scorecard"),
+    threads: rule_threads("scorecard")
     log:
         "results/logs/scorecard.log",
     conda:

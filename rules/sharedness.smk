@@ -24,9 +24,9 @@ rule sharedness_sae:
     wildcard_constraints:
         model=SHAREDNESS_MODEL_NAMES,
         layer="[0-9]{2}",
-    threads: 1
     resources:
         **job_resources("sharedness_sae"),
+    threads: rule_threads("sharedness_sae")
     log:
         "results/logs/sharedness_sae/{dataset}/{model}/layer{layer}.log",
     conda:
@@ -50,6 +50,7 @@ rule sharedness_saes_table:
         tex="results/tables/sharedness_saes.tex",
     resources:
         **job_resources("sharedness_saes_table"),
+    threads: rule_threads("sharedness_saes_table")
     log:
         "results/logs/sharedness_saes_table.log",
     conda:
@@ -71,9 +72,9 @@ rule sharedness_pair:
     wildcard_constraints:
         model_a=SHAREDNESS_MODEL_NAMES,
         model_b=SHAREDNESS_MODEL_NAMES,
-    threads: 2
     resources:
         **job_resources("sharedness_pair"),
+    threads: rule_threads("sharedness_pair")
     log:
         "results/logs/sharedness_pair/{dataset}/{model_a}/{model_b}.log",
     conda:
@@ -103,6 +104,7 @@ rule sharedness_table:
         table=_names_pattern(SHAREDNESS["tables"]),
     resources:
         **job_resources("sharedness_table"),
+    threads: rule_threads("sharedness_table")
     log:
         "results/logs/sharedness_table/{table}.log",
     conda:
@@ -132,6 +134,7 @@ rule sharedness_average:
         table=_names_pattern(SHAREDNESS["averages"]),
     resources:
         **job_resources("sharedness_average"),
+    threads: rule_threads("sharedness_average")
     log:
         "results/logs/sharedness_average/{table}.log",
     conda:
@@ -160,6 +163,7 @@ rule sharedness_layerwise:
         name=_names_pattern(SHAREDNESS["layerwise"]),
     resources:
         **job_resources("sharedness_layerwise"),
+    threads: rule_threads("sharedness_layerwise")
     log:
         "results/logs/sharedness_layerwise/{name}.log",
     conda:
@@ -184,6 +188,7 @@ rule sharedness_comparative:
         name=_names_pattern(SHAREDNESS["comparative"]),
     resources:
         **job_resources("sharedness_comparative"),
+    threads: rule_threads("sharedness_comparative")
     log:
         "results/logs/sharedness_comparative/{name}.log",
     conda:
@@ -213,6 +218,7 @@ rule sharedness_comparative_figure:
         name=_names_pattern(SHAREDNESS["comparative"]),
     resources:
         **job_resources("sharedness_comparative_figure"),
+    threads: rule_threads("sharedness_comparative_figure")
     log:
         "results/logs/sharedness_comparative_figure/{name}.log",
     conda:
@@ -236,6 +242,7 @@ rule sharedness_shuffle:
         name=_names_pattern(SHAREDNESS["shuffle"]),
     resources:
         **job_resources("sharedness_shuffle"),
+    threads: rule_threads("sharedness_shuffle")
     log:
         "results/logs/sharedness_shuffle/{name}.log",
     conda:
@@ -265,6 +272,7 @@ rule sharedness_shuffle_table:
         name=_names_pattern(SHAREDNESS["shuffle"]),
     resources:
         **job_resources("sharedness_shuffle_table"),
+    threads: rule_threads("sharedness_shuffle_table")
     log:
         "results/logs/sharedness_shuffle_table/{name}.log",
     conda:

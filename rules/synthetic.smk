@@ -15,6 +15,7 @@ rule synthetic_data:
         spec=SYNTHETIC,
     resources:
         **job_resources("synthetic_data"),
+    threads: rule_threads("synthetic_data")
     log:
         "results/logs/synthetic_data/d{distance}_s{seed}.log",
     conda:
@@ -36,9 +37,9 @@ rule synthetic_run:
     params:
         spec=SYNTHETIC,
         device=config["device"],
-    threads: 1
     resources:
         **job_resources("synthetic_run"),
+    threads: rule_threads("synthetic_run")
     log:
         "results/logs/synthetic_run/{method}/d{distance}_s{seed}.log",
     conda:
@@ -64,6 +65,7 @@ rule figure_synthetic:
         spec=SYNTHETIC,
     resources:
         **job_resources("figure_synthetic"),
+    threads: rule_threads("figure_synthetic")
     log:
         "results/logs/figure_synthetic/{figure}.log",
     conda:

@@ -12,6 +12,7 @@ rule train_sae:
         device=config["device"],
     resources:
         **job_resources("train_sae"),
+    threads: rule_threads("train_sae")
     log:
         "results/logs/train_sae/{run}.log",
     conda:

@@ -40,3 +40,23 @@ def test_an_unwritable_folder_and_an_h5py_error_are_named(tmp_path):
 def test_other_errors_keep_their_traceback(tmp_path):
     with pytest.raises(FileNotFoundError), script(fake_snakemake(tmp_path / "job.log")):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")
+
+
+def test_numeric_threads_come_from_the_config_not_from_the_cores(tmp_path):
+    import torch
+
+    from xsae.provenance import Job
+
+    before = torch.get_num_threads()
+    job = fake_snakemake(tmp_path / "job.log")
+    job.threads, job.config = 7, {"threads": {"train_sae": 3}}  # Snakemake gave 7 cores
+    job.input, job.output, job.params = [], [str(tmp_path / "out")], SimpleNamespace(items=lambda: [])
+    try:
+        with script(job):
+            assert torch.get_num_threads() == 3
+        assert Job.from_snakemake(job).record()["threads"]["job"] == 3
+        job.config = {"threads": {}}  # a rule the config does not list: 1
+        with script(job):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from xsae.io import sha256_path, write_json
+from xsae.workflow import numeric_threads
 
 SUFFIX = ".prov.json"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -126,7 +127,7 @@ class Job:
     params: Mapping[str, Any] = field(default_factory=dict)
     wildcards: Mapping[str, Any] = field(default_factory=dict)
     seed: int | None = None
-    #: CPU threads the job was given (Snakemake's `threads`): float sums can depend on it.
+    #: The job's numeric thread count (`xsae.workflow.numeric_threads`): float sums depend on it.
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     started: str = field(default_factory=_now)
@@ -155,7 +156,7 @@ class Job:
                    outputs=[str(p) for p in snakemake.output],
                    params=dict(snakemake.params.items()),
                    wildcards=dict(snakemake.wildcards.items()), seed=seed,
-                   threads=getattr(snakemake, "threads", None))
+                   threads=numeric_threads(snakemake))
 
     def write(self) -> None:
         record = self.record()

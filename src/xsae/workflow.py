@@ -26,7 +26,12 @@ def script(snakemake: Any) -> Iterator[logging.Logger]:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger = logging.getLogger(f"xsae.rule.{snakemake.rule}")
-    logger.info("rule %s, wildcards %s", snakemake.rule, dict(snakemake.wildcards.items()))
+    threads = numeric_threads(snakemake)
+    torch = sys.modules.get("torch")
+    if torch is not None:  # a script that computes imported it (render rules have none)
+        torch.set_num_threads(threads)
+    logger.info("rule %s, wildcards %s, %d numeric thread(s)", snakemake.rule,
+                dict(snakemake.wildcards.items()), threads)
     try:
         yield logger
     except XsaeError as exc:
@@ -38,6 +43,13 @@ def script(snakemake: Any) -> Iterator[logging.Logger]:
         message = storage_message(exc)
         logger.error("%s", message)
         sys.exit(f"{snakemake.rule}: {message}")
+
+
+def numeric_threads(snakemake: Any) -> int:
+    """The rule's numeric thread count from the config (`threads.<rule>`, 1 when not listed):
+    outputs depend on it, so it is the config's, whatever cores Snakemake gave the job."""
+    threads = (getattr(snakemake, "config", None) or {}).get("threads") or {}
+    return int(threads.get(snakemake.rule, 1))
 
 
 #: Errors of the storage, not of the code: the disk is full or read-only, or the folder is not ours.

@@ -1,14 +1,11 @@
 """Score one run of a method comparison (rule evaluate_comparison)."""
 
-import torch
-
 from xsae import provenance
 from xsae.comparisons import evaluate_run
 from xsae.runs import resolve_device, write_metrics
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake, seed=snakemake.params.seed):
-    torch.set_num_threads(snakemake.threads)
     inputs = {key: value for key, value in snakemake.input.items() if key != "weights"}
     metrics, steering, mono = evaluate_run(snakemake.input.weights, snakemake.params.spec,
                                            input_norm=snakemake.params.run["input_norm"], inputs=inputs,

@@ -1,7 +1,5 @@
 """Encode one dataset split with one encoder (rule extract_features)."""
 
-import torch
-
 from xsae import provenance
 from xsae.encoders import EncoderSpec, load_encoder
 from xsae.features import extract
@@ -9,7 +7,6 @@ from xsae.runs import resolve_device
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
-    torch.set_num_threads(snakemake.threads)
     entry = snakemake.params.encoder
     device = resolve_device(snakemake.params.device)
     encoder = load_encoder(EncoderSpec.from_config(snakemake.wildcards.encoder, entry, str(device)))

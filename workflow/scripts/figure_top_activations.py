@@ -1,6 +1,5 @@
 """Top-activating samples of chosen latents in every stream (rule figure_top_activations)."""
 
-
 from xsae import figures, provenance
 from xsae.datasets.manifest import read_manifest
 from xsae.workflow import script

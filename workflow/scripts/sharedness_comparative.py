@@ -1,7 +1,6 @@
 """Generalized Comparative Sharedness of one model's features (rule sharedness_comparative)."""
 
 import pandas as pd
-import torch
 
 from xsae import provenance
 from xsae.runs import resolve_device, write_metrics
@@ -9,7 +8,6 @@ from xsae.sharedness_runs import comparative_ranking, read_codes, select_feature
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
-    torch.set_num_threads(snakemake.threads)
     spec = snakemake.params.spec
     model = read_codes(snakemake.input.model)
     names = [*spec["shared_with"], *spec["not_shared_with"]]

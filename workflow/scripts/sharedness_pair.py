@@ -10,7 +10,6 @@ from xsae.sharedness_runs import compare_models, peak_memory_mib, read_codes
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
-    torch.set_num_threads(snakemake.threads)
     wildcards, layers = snakemake.wildcards, snakemake.params.layers
     codes_a = {layer: read_codes(path) for layer, path in zip(layers["a"], snakemake.input.a, strict=True)}
     codes_b = {layer: read_codes(path) for layer, path in zip(layers["b"], snakemake.input.b, strict=True)}

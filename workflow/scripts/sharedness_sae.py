@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-import torch
-
 from xsae import provenance
 from xsae.features import StreamRef
 from xsae.sharedness_runs import train_layer_sae
@@ -11,7 +9,6 @@ from xsae.workflow import script
 
 sae = snakemake.params.sae
 with script(snakemake) as log, provenance.from_snakemake(snakemake, seed=sae["seed"]) as job:
-    torch.set_num_threads(snakemake.threads)
     wildcards = snakemake.wildcards
     name = f"{wildcards.model} layer {wildcards.layer}"
     tokens = snakemake.params.training_data == "tokens"

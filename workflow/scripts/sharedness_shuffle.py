@@ -1,7 +1,6 @@
 """Appendix C of the sharedness paper: the shuffle test (rule sharedness_shuffle)."""
 
 import pandas as pd
-import torch
 
 from xsae import provenance
 from xsae.runs import resolve_device, write_metrics
@@ -9,7 +8,6 @@ from xsae.sharedness_runs import read_codes, shuffle_test
 from xsae.workflow import script
 
 with script(snakemake) as log, provenance.from_snakemake(snakemake, seed=snakemake.params.seed) as job:
-    torch.set_num_threads(snakemake.threads)
     spec = snakemake.params.spec
     result = shuffle_test(read_codes(snakemake.input.source), read_codes(snakemake.input.target),
                           n_permutations=spec["n_permutations"], seed=snakemake.params.seed,

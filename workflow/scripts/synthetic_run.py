@@ -1,7 +1,5 @@
 """Train and score one synthetic experiment (rule synthetic_run)."""
 
-import torch
-
 from xsae import provenance
 from xsae.runs import write_metrics
 from xsae.synthetic_runs import train_and_score
@@ -9,7 +7,6 @@ from xsae.workflow import script
 
 seed = int(snakemake.wildcards.seed)
 with script(snakemake) as log, provenance.from_snakemake(snakemake, seed=seed):
-    torch.set_num_threads(snakemake.threads)
     metrics = train_and_score(snakemake.params.spec, snakemake.wildcards.method,
                               float(snakemake.wildcards.distance), seed,
                               train_path=snakemake.input.train, eval_path=snakemake.input.eval,
