@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
+import tarfile
 
 import pytest
 from helpers import N_USABLE, make_deb, make_stamps_tree
+from http_fixtures import loopback_server
 
 from xsae.datasets import tuxpaint
 from xsae.errors import DownloadError
@@ -68,6 +71,7 @@ def test_missing_apt_says_how_to_provide_the_package(tmp_path, monkeypatch):
     message = str(info.value)
     assert "apt-get is not available" in message
     assert "datasets.<name>.deb" in message and "datasets.<name>.unpacked" in message
+    assert "datasets.<name>.deb_url" in message
     assert not (tmp_path / "out" / "unpacked").exists()
 
 
@@ -87,6 +91,64 @@ def test_unpacked_folder_of_the_wrong_shape_is_rejected(tmp_path):
 def test_truncated_deb_fails_cleanly(deb, tmp_path):
     broken = tmp_path / "broken.deb"
     broken.write_bytes(deb.read_bytes()[: deb.stat().st_size // 2])
-    with pytest.raises(DownloadError, match="dpkg -x"):
+    with pytest.raises(DownloadError, match="truncated"):
         tuxpaint.fetch_package("p", tmp_path / "out", deb=str(broken))
     assert not (tmp_path / "out" / "unpacked").exists()
+
+
+def ar_archive(members: dict[str, bytes]) -> bytes:
+    """A .deb's container format (System V ar), written by hand."""
+    out = [b"!<arch>\n"]
+    for name, body in members.items():
+        out.append(f"{name + '/':<16}{0:<12}{0:<6}{0:<6}{644:<8}{len(body):<10}`\n".encode())
+        out.append(body + (b"\n" if len(body) % 2 else b""))
+    return b"".join(out)
+
+
+def tar_xz(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:xz") as tar:
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+def test_a_corrupt_data_archive_and_a_path_outside_the_folder_are_refused(tmp_path):
+    control = tar_xz({"./control": b"Package: p\nVersion: 2-1\n"})
+    good = tar_xz({"./usr/share/tuxpaint/stamps/a.txt": b"A cat."})
+    deb = tmp_path / "ok.deb"
+    deb.write_bytes(ar_archive({"debian-binary": b"2.0\n", "control.tar.xz": control, "data.tar.xz": good}))
+    tuxpaint.unpack_deb(deb, tmp_path / "ok")
+    assert (tmp_path / "ok/usr/share/tuxpaint/stamps/a.txt").read_text() == "A cat."
+    assert tuxpaint.deb_version(deb) == "2-1"
+
+    corrupt = bytearray(good)
+    corrupt[len(corrupt) // 2:len(corrupt) // 2 + 8] = b"\0" * 8
+    deb.write_bytes(ar_archive({"debian-binary": b"2.0\n", "control.tar.xz": control,
+                                "data.tar.xz": bytes(corrupt)}))
+    with pytest.raises(DownloadError, match="corrupt"):
+        tuxpaint.unpack_deb(deb, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+    escape = tar_xz({"../outside.txt": b"x"})
+    deb.write_bytes(ar_archive({"debian-binary": b"2.0\n", "control.tar.xz": control, "data.tar.xz": escape}))
+    with pytest.raises(DownloadError):
+        tuxpaint.unpack_deb(deb, tmp_path / "escape")
+    assert not (tmp_path / "outside.txt").exists() and not (tmp_path / "escape").exists()
+
+
+def test_without_apt_the_deb_comes_from_the_archive_url(deb, tmp_path, monkeypatch):
+    """A machine without apt-get (macOS, RHEL-family login nodes) fetches the pinned file itself."""
+    monkeypatch.setattr(tuxpaint.shutil, "which", lambda name: None)
+    body = deb.read_bytes()
+    digest = hashlib.sha256(body).hexdigest()
+    with loopback_server() as server:
+        url = server.add("/debian/pool/main/t/tuxpaint-stamps/stamps_1.0-1_all.deb", body, drop_first=1)
+        out = tmp_path / "out"
+        record = tuxpaint.fetch_package("p", out, deb_url=url, expected_sha256=digest)
+    assert record["source"] == "download" and record["url"] == url and record["sha256"] == digest
+    assert record["version"] == "1.0-1"
+    assert len(tuxpaint.scan_stamps(tuxpaint.stamps_root(out / "unpacked"))[0]) == N_USABLE
+    assert not (out / ".download").exists()

@@ -3,14 +3,20 @@
 Real photos and clip art from the Debian package `tuxpaint-stamps-default`, each with a
 human-written English caption (first line of its `.txt`) and a category path from its folders
 (e.g. `food/fruit/cartoon`), which gives a real multi-level label hierarchy. The package is GPL-2
-and fetched at run time with apt; it is never committed.
+and fetched at run time, never committed: with `apt-get download` where apt exists, otherwise from
+the Debian archive over HTTPS (`datasets.<name>.deb_url`, the resumable downloader), and unpacked
+in Python (a .deb is an `ar` archive holding `data.tar.*`), so no apt or dpkg is needed.
 """
 
 from __future__ import annotations
 
+import io
+import lzma
 import os
 import shutil
 import subprocess
+import tarfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +30,8 @@ STAMPS_SUBDIR = Path("usr/share/tuxpaint/stamps")
 GLYPH_FOLDERS = ("alphabets",)
 
 _PROVIDE_BY_HAND = (
-    "Provide the package by hand instead: download '{package}' (any mirror, or "
+    "Set datasets.<name>.deb_url to the package's file in the Debian archive (pool/main/...), or "
+    "provide the package by hand: download '{package}' (any mirror, or "
     "'apt-get download {package}' on a machine with apt) and set datasets.<name>.deb to the .deb "
     "file, or unpack it with 'dpkg -x' and set datasets.<name>.unpacked to that folder."
 )
@@ -74,31 +81,83 @@ def apt_download(package: str, dest_dir: Path) -> Path:
     return debs[-1]
 
 
+def deb_members(deb: Path) -> dict[str, bytes]:
+    """The members of a .deb (an `ar` archive: debian-binary, control.tar.*, data.tar.*), read in
+    Python so that neither dpkg nor ar is needed."""
+    data = Path(deb).read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise DownloadError(f"{deb}: not a .deb (no ar archive header); delete it and download again")
+    members, position = {}, 8
+    while position < len(data):
+        header = data[position:position + 60]
+        if len(header) < 60 or header[58:60] != b"`\n":
+            raise DownloadError(f"{deb}: truncated or corrupt ar archive at byte {position}; "
+                                "delete it and download again")
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        body = data[position + 60:position + 60 + size]
+        if len(body) < size:
+            raise DownloadError(f"{deb}: truncated (member {name} needs {size} bytes, {len(body)} left); "
+                                "delete it and download again")
+        members[name] = body
+        position += 60 + size + size % 2
+    return members
+
+
+def _tar(members: dict[str, bytes], stem: str, deb: Path) -> tarfile.TarFile:
+    found = [name for name in members if name.startswith(f"{stem}.tar")]
+    if not found:
+        raise DownloadError(f"{deb}: no {stem}.tar.* member (has {sorted(members)})")
+    if found[0].endswith(".zst"):
+        raise DownloadError(f"{deb}: {found[0]} is zstd-compressed, which Python cannot read; unpack it "
+                            "with 'dpkg -x' and set datasets.<name>.unpacked to that folder")
+    try:
+        return tarfile.open(fileobj=io.BytesIO(members[found[0]]), mode="r:*")
+    except tarfile.TarError as exc:
+        raise DownloadError(f"{deb}: {found[0]} is not a readable tar archive ({exc})") from exc
+
+
 def deb_version(deb: Path) -> str:
-    result = _run(["dpkg-deb", "--field", str(deb), "Version"])
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+    """The Version field of the package's control file."""
+    with _tar(deb_members(deb), "control", deb) as control:
+        member = next((m for m in control.getmembers() if m.name.lstrip("./") == "control"), None)
+        text = control.extractfile(member).read().decode() if member else ""
+    for line in text.splitlines():
+        if line.startswith("Version:"):
+            return line.partition(":")[2].strip()
+    return "unknown"
 
 
 def unpack_deb(deb: Path, dest: Path) -> None:
-    """`dpkg -x` the package into `dest` atomically (a failed unpack leaves no folder)."""
-    if shutil.which("dpkg") is None:
-        raise DownloadError(
-            f"dpkg is not available to unpack {deb}. Unpack it elsewhere with 'dpkg -x' and set "
-            "datasets.<name>.unpacked to that folder."
-        )
-    with atomic_path(dest, directory=True) as tmp:
-        result = _run(["dpkg", "-x", str(deb), str(tmp)])
-        if result.returncode != 0:
-            raise DownloadError(f"{deb}: 'dpkg -x' failed: {result.stderr.strip()[-500:]}")
+    """Extract the package's files into `dest` atomically (a failed unpack leaves no folder), as
+    `dpkg -x` would, with tarfile's "data" filter (no paths outside `dest`, no device files)."""
+    members = deb_members(deb)
+    with atomic_path(dest, directory=True) as tmp, _tar(members, "data", deb) as data:
+        try:
+            data.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, lzma.LZMAError, zlib.error) as exc:  # a full disk propagates
+            raise DownloadError(f"{deb}: its data archive is truncated or corrupt ({exc}); "
+                                "delete it and download again") from exc
+
+
+def download_deb(url: str, dest_dir: Path, expected_sha256: str | None) -> Path:
+    """Fetch a .deb from the Debian archive (or a mirror) with the project's resumable downloader."""
+    from xsae.download import download_file
+
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / url.rstrip("/").rsplit("/", 1)[-1]
+    download_file(url, target, sha256=expected_sha256)
+    return target
 
 
 def fetch_package(package: str, out_dir: Path, *, expected_sha256: str | None = None,
-                  deb: str | None = None, unpacked: str | None = None) -> dict:
+                  deb: str | None = None, unpacked: str | None = None, deb_url: str | None = None) -> dict:
     """Obtain the package and unpack it to `out_dir/unpacked`; return what was fetched.
 
-    The source is, in order of preference, an unpacked folder, a local .deb, or apt. The sha256 of
-    the .deb is recorded, and checked when `expected_sha256` is given (a mismatch deletes nothing
-    the user provided but keeps no copy of it either).
+    The source is, in order of preference, an unpacked folder, a local .deb, apt (where
+    `apt-get` exists), or `deb_url` (the file in the Debian archive). The sha256 of the .deb is
+    recorded, and checked when `expected_sha256` is given (a mismatch deletes nothing the user
+    provided but keeps no copy of it either).
     """
     out_dir = Path(out_dir)
     target = out_dir / "unpacked"
@@ -119,6 +178,10 @@ def fetch_package(package: str, out_dir: Path, *, expected_sha256: str | None = 
         if not deb_path.is_file():
             raise DownloadError(f"datasets.<name>.deb={deb_path}: file not found")
         record.update(source="deb", source_path=str(deb_path.resolve()))
+    elif shutil.which("apt-get") is None and deb_url:
+        staging = out_dir / ".download"
+        deb_path = download_deb(deb_url, staging, expected_sha256)
+        record.update(source="download", url=deb_url)
     else:
         staging = out_dir / ".apt"
         shutil.rmtree(staging, ignore_errors=True)
