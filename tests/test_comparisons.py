@@ -116,7 +116,7 @@ def test_retrieval_is_perfect_when_captions_encode_like_their_images():
         caption_recon = model.decode(1, model.encode([rows, rows])[1])
     expected = float((recon - images).pow(2).sum(1).mean())  # the MSE of the distinct images
     expected = 0.5 * (expected + float((caption_recon - rows).pow(2).sum(1).mean()))
-    assert scores["coco_mse"] == pytest.approx(expected, rel=1e-6)
+    assert scores["retrieval_mse"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_zero_shot_is_perfect_when_each_class_prompt_is_its_images_embedding():
@@ -128,7 +128,7 @@ def test_zero_shot_is_perfect_when_each_class_prompt_is_its_images_embedding():
     prompts = classes.repeat_interleave(2, dim=0)  # two templates per class, class-major
     prompt_table = pd.DataFrame({"leaf_ids": ["7", "7", "8", "8", "9", "9"]})
     scores = score_zero_shot(model, images, table, prompts, prompt_table)
-    assert scores["zero_shot"] == 100.0 and scores["imagenet_mse"] >= 0
+    assert scores["zero_shot"] == 100.0 and scores["zero_shot_mse"] >= 0
     with pytest.raises(Exception, match="no prompt names"):
         score_zero_shot(
             model, images, pd.DataFrame({"leaf_ids": ["7", "8", "9", "9", "5"]}), prompts, prompt_table
@@ -137,7 +137,7 @@ def test_zero_shot_is_perfect_when_each_class_prompt_is_its_images_embedding():
 
 def test_table_means_and_sample_spread_over_seeds_beside_published_rows():
     def frame(mse, r1):
-        return pd.DataFrame({"metric": ["coco_mse", "i2t_r1"], "value": [mse, r1]})
+        return pd.DataFrame({"metric": ["retrieval_mse", "i2t_r1"], "value": [mse, r1]})
 
     metrics = {
         ("modality_specific", 1): frame(0.1, 0.0),
@@ -147,11 +147,11 @@ def test_table_means_and_sample_spread_over_seeds_beside_published_rows():
     table = comparison_table(
         metrics,
         ["modality_specific", "modality_specific_post_hoc"],
-        {"modality_specific_post_hoc": {"coco_mse": 0.089, "i2t_r1": 16.0, "i2t_r1_std": 0.5}},
+        {"modality_specific_post_hoc": {"retrieval_mse": 0.089, "i2t_r1": 16.0, "i2t_r1_std": 0.5}},
     )
     reproduced = table[table["source"] == "reproduced"].set_index("method")
-    assert reproduced.loc["modality_specific", "coco_mse"] == pytest.approx(0.2)
-    assert reproduced.loc["modality_specific", "coco_mse_std"] == pytest.approx(np.sqrt(0.02))
+    assert reproduced.loc["modality_specific", "retrieval_mse"] == pytest.approx(0.2)
+    assert reproduced.loc["modality_specific", "retrieval_mse_std"] == pytest.approx(np.sqrt(0.02))
     assert reproduced.loc["modality_specific", "runs"] == 2
     assert np.isnan(reproduced.loc["modality_specific_post_hoc", "i2t_r1_std"])  # one seed: no spread
     assert np.isnan(reproduced.loc["modality_specific", "zero_shot"])  # not measured
@@ -219,3 +219,12 @@ def test_leaf_classes_from_label_ids_with_repeated_names_use_paths():
     names, member = leaf_label_sets(pd.DataFrame({"label_ids": ["0;1", "2;4", "2;3"]}), labels)
     assert names == ["animals/cartoon", "food/cartoon", "fruit"]
     assert member.tolist() == [[True, False, False], [False, False, True], [False, True, False]]
+
+
+def test_the_comparison_caption_names_the_datasets_behind_each_role():
+    from xsae.tables import comparison_caption
+
+    caption = comparison_caption({"retrieval": "tuxpaint", "zero_shot": None})
+    assert caption.endswith("Retrieval dataset: tuxpaint; classification dataset: none.")
+    paper = comparison_caption({"retrieval": "coco", "zero_shot": {"dataset": "imagenet_prompts"}})
+    assert "Retrieval dataset: coco; classification dataset: imagenet_prompts." in paper

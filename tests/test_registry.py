@@ -212,17 +212,17 @@ def test_pairs_of_sparc_tables_as_rendered():
 
 
 def test_pairs_of_comparison_and_sharedness_tables_as_rendered(tmp_path):
-    metrics = {("shared", s): pd.DataFrame({"metric": ["i2t_r1", "coco_mse"], "value": [v, 0.1]})
+    metrics = {("shared", s): pd.DataFrame({"metric": ["i2t_r1", "retrieval_mse"], "value": [v, 0.1]})
                for s, v in ((1, 5.0), (2, 7.0))}
-    reference = {"shared": {"i2t_r1": 6.5, "i2t_r1_std": 0.4, "coco_mse": 0.09}}
+    reference = {"shared": {"i2t_r1": 6.5, "i2t_r1_std": 0.4, "retrieval_mse": 0.09}}
     table = heterogeneity_tables.comparison_table(metrics, ["shared", "modality_specific"], reference)
     path = tmp_path / "comparison.csv"
     table.to_csv(path, index=False)  # as rendered: read back from the CSV
     pairs = registry.table_pairs(path, "comparison").set_index("column")
-    assert sorted(pairs.index) == ["coco_mse", "i2t_r1"]
+    assert sorted(pairs.index) == ["i2t_r1", "retrieval_mse"]
     recall = pairs.loc["i2t_r1", ["reproduced", "published", "spread"]]
     assert recall.tolist() == pytest.approx([6.0, 6.5, 0.4])
-    assert math.isnan(pairs.loc["coco_mse", "spread"])
+    assert math.isnan(pairs.loc["retrieval_mse", "spread"])
 
     scores = pd.DataFrame([{"source": s, "target": t, "scope": "all", "metric": "wmppc", "value": v}
                            for s, t, v in (("x", "y", 0.3), ("y", "x", 0.5))])

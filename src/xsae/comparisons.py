@@ -115,7 +115,7 @@ def score_retrieval(model: SparseAutoencoder, pairs: EncodedPairs) -> dict[str, 
                  + _squared_error(model, TEXT, pairs.texts, pairs.text_codes))
     caption_image = torch.as_tensor(pairs.caption_image)
     recall = multi_caption_retrieval(pairs.image_codes, pairs.text_codes, caption_image)
-    out = {"coco_mse": mse, "n_images": float(len(pairs.first)), "n_captions": float(len(pairs.texts))}
+    out = {"retrieval_mse": mse, "n_images": float(len(pairs.first)), "n_captions": float(len(pairs.texts))}
     for direction, key in (("image_to_text", "i2t"), ("text_to_image", "t2i")):
         for k in (1, 5, 10):
             out[f"{key}_r{k}"] = 100 * recall[direction][f"R@{k}"]
@@ -158,7 +158,7 @@ def score_zero_shot(
         n_classes=len(classes),
         train_firing_rates=rates,
     )
-    out = {"imagenet_mse": _squared_error(model, IMAGE, image, image_codes)}
+    out = {"zero_shot_mse": _squared_error(model, IMAGE, image, image_codes)}
     for row in zero_shot.itertuples():
         out["zero_shot" if row.variant == "all_latents" else f"zero_shot_{row.variant}"] = 100 * row.accuracy
     return out

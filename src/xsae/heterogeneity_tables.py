@@ -9,16 +9,17 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-#: Table 1's columns, in order (MSE; recalls and accuracy in percent).
+#: Table 1's columns, in order, named by role (the comparison config says which dataset plays it:
+#: `retrieval`, COCO in the paper, and `zero_shot.dataset`, ImageNet): MSE; recalls and accuracy in %.
 TABLE_COLUMNS = (
-    "coco_mse",
+    "retrieval_mse",
     "i2t_r1",
     "i2t_r5",
     "i2t_r10",
     "t2i_r1",
     "t2i_r5",
     "t2i_r10",
-    "imagenet_mse",
+    "zero_shot_mse",
     "zero_shot",
 )
 

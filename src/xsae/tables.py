@@ -234,3 +234,11 @@ def r2_table(metrics: dict[str, pd.DataFrame], stream_names: list[str],
 COMPARISON_CAPTION = ("Reconstruction MSE and image↔text Recall@k (%) in the latent space on the retrieval "
                       "dataset, reconstruction MSE and zero-shot top-1 accuracy (%) on the classification "
                       "dataset; mean and standard deviation (_std) over seeds.")
+
+
+def comparison_caption(spec: Mapping[str, Any]) -> str:
+    """The comparison table's caption, naming the datasets that play each role (its columns are
+    named by role: retrieval_*, zero_shot_*)."""
+    zero_shot = (spec.get("zero_shot") or {}).get("dataset") or "none"
+    return (f"{COMPARISON_CAPTION} Retrieval dataset: {spec['retrieval']}; "
+            f"classification dataset: {zero_shot}.")

@@ -13,5 +13,6 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
     reference = tables.read_reference(snakemake.input.reference, spec["reference_key"] or "")
     table = comparison_table(metrics, spec["methods"], reference)
     tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")},
-                  caption=tables.COMPARISON_CAPTION, label=f"tab:comparison-{snakemake.wildcards.comparison}")
+                  caption=tables.comparison_caption(spec),
+                  label=f"tab:comparison-{snakemake.wildcards.comparison}")
     log.info("\n%s", tables.to_markdown(table))
