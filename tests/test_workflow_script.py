@@ -60,3 +60,24 @@ def test_numeric_threads_come_from_the_config_not_from_the_cores(tmp_path):
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_config_files_of_snakemake_arguments():
+    from xsae.workflow import configfile_args
+
+    assert configfile_args(["-n", "--configfile", "a.yaml", "b.yaml", "--cores", "2"]) == ["a.yaml", "b.yaml"]
+    assert configfile_args(["--configfile=c.yaml", "all"]) == ["c.yaml"]
+    assert configfile_args(["--cores", "2", "target"]) == []
+
+
+def test_xsae_run_names_the_file_line_and_column_of_a_yaml_error(tmp_path):
+    """Snakemake itself says only "Config file is not valid JSON or YAML"."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 1\ndatasets:\n  tux: {kind: tuxpaint_stamps\n  x: 1\n")
+    result = subprocess.run([sys.executable, "-m", "xsae.cli", "run", "--", "-n", "--configfile", str(bad)],
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert f'{bad}: not valid YAML' in result.stderr and 'line 4, column 4' in result.stderr

@@ -84,11 +84,14 @@ def _rehearsal(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import logging
 
+    from xsae.config import read_file
     from xsae.warm_start import run_snakemake
-    from xsae.workflow import recover_stale_lock, snakemake_workdir
+    from xsae.workflow import configfile_args, recover_stale_lock, snakemake_workdir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     argv = args.snakemake_args
+    for path in configfile_args(argv):  # Snakemake's own message names neither the file nor the line
+        read_file(path)
     workdir = snakemake_workdir(argv)
     removed = recover_stale_lock(workdir)
     if removed:

@@ -92,6 +92,23 @@ def snakemake_workdir(args: Sequence[str], cwd: str | Path = ".") -> Path:
     return (Path(cwd) / workdir).resolve()
 
 
+def configfile_args(args: Sequence[str]) -> list[str]:
+    """The config files Snakemake with `args` would read (`--configfile(s) A B ...`, `--configfile=A`)."""
+    files: list[str] = []
+    taking = False
+    for arg in args:
+        if arg in ("--configfile", "--configfiles"):
+            taking = True
+        elif arg.startswith(("--configfile=", "--configfiles=")):
+            files.append(arg.partition("=")[2])
+            taking = False
+        elif taking and not arg.startswith("-"):
+            files.append(arg)
+        else:
+            taking = False
+    return files
+
+
 def _snakemake_running_in(workdir: Path) -> list[int]:
     """Process ids of Snakemake processes working in `workdir`, started there or pointed at it
     with `--directory` (Linux /proc)."""
