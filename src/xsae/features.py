@@ -79,8 +79,9 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(image) if self.transform else image
 
 
-def _batches(encoder: Encoder, modality: str, table, manifest: Path, batch_size: int,
-             workers: int):
+def encoder_batches(encoder: Encoder, modality: str, table, manifest: Path, batch_size: int,
+                    workers: int):
+    """(rows, prepared batch) over a manifest table's samples of one modality, in order."""
     if modality == "text":
         captions = table["caption"].tolist()
         for start in range(0, len(captions), batch_size):
@@ -144,7 +145,7 @@ def extract(encoder: Encoder, manifest_path: str | Path, out_path: str | Path, *
             generator = torch.Generator().manual_seed(token_seed)
             bar = progress_bar(total=n, disable=not progress, unit="sample",
                                desc=f"{encoder.spec.name}/{modality}")
-            for size, batch in _batches(encoder, modality, table, manifest_path, batch_size, workers):
+            for size, batch in encoder_batches(encoder, modality, table, manifest_path, batch_size, workers):
                 context = (torch.autocast("cuda", dtype=getattr(torch, autocast_dtype))
                            if use_autocast else nullcontext())
                 with context:
