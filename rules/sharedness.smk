@@ -6,9 +6,35 @@
 include: "sharedness_common.smk"
 
 
+rule sharedness_online:
+    """One encoder on one dataset (training_data online): one pass per modality over the training
+    samples trains the SAE of every layer that a model of the encoder needs, both towers and every
+    seed, on every real token; nothing token-level is stored."""
+    input:
+        manifest=sharedness_online_manifest,
+    output:
+        directory(SHAREDNESS_ONLINE),
+    params:
+        saes=sharedness_online_saes,
+        online=SHAREDNESS["online"],
+        expansion=SHAREDNESS["expansion"],
+        encoder=encoder_entry,
+        device=config["device"],
+    resources:
+        **job_resources("sharedness_online"),
+    threads: rule_threads("sharedness_online")
+    log:
+        "results/logs/sharedness_online/{dataset}/{encoder}.log",
+    conda:
+        "../envs/extract.yaml"
+    script:
+        "../workflow/scripts/sharedness_online.py"
+
+
 rule sharedness_sae:
-    """One model's layer on one dataset: train its TopK SAE, encode the test split (one job per
-    model × layer × dataset, so a cluster trains them all in parallel)."""
+    """One model's layer on one dataset: train its TopK SAE (or, training_data online, take it from
+    its encoder's online job), encode the test split (one job per model × layer × dataset, so a
+    cluster trains them all in parallel)."""
     input:
         unpack(sharedness_sae_features),
     output:

@@ -4,6 +4,7 @@ from xsae.sharedness_config import (  # noqa: E402
     layer_saes,
     layers_needed,
     model_label,
+    online_jobs,
     pair_of,
     sae_entry,
     sae_seed,
@@ -16,6 +17,8 @@ SHAREDNESS_MODELS = SHAREDNESS["models"]
 SHAREDNESS_LAYERS = layers_needed(config)
 SHAREDNESS_SAE = "results/sharedness/{dataset}/sae/{model}/layer{layer}"
 SHAREDNESS_PAIR = "results/sharedness/{dataset}/pairs/{model_a}/{model_b}.csv"
+SHAREDNESS_ONLINE = "results/sharedness/{dataset}/online/{encoder}"
+SHAREDNESS_ONLINE_JOBS = online_jobs(config)
 SHAREDNESS_MODEL_NAMES = _names_pattern(SHAREDNESS_MODELS)
 
 
@@ -41,9 +44,21 @@ def _workflow_file(path):
 
 
 def sharedness_sae_features(wildcards):
+    """The stored features it trains on and encodes, or (training_data online) the output of its
+    encoder's online job and the test features it encodes."""
     encoder = SHAREDNESS_MODELS[wildcards.model]["encoder"]
-    return {split: FEATURES.format(dataset=wildcards.dataset, split=split, encoder=encoder)
-            for split in SPLITS}
+    files = {split: FEATURES.format(dataset=wildcards.dataset, split=split, encoder=encoder) for split in SPLITS}
+    if SHAREDNESS["training_data"] == "online":
+        files["train"] = SHAREDNESS_ONLINE.format(dataset=wildcards.dataset, encoder=encoder)
+    return files
+
+
+def sharedness_online_manifest(wildcards):
+    return MANIFEST.format(dataset=wildcards.dataset, split="train")
+
+
+def sharedness_online_saes(wildcards):
+    return SHAREDNESS_ONLINE_JOBS[wildcards.dataset, wildcards.encoder]
 
 
 def sharedness_sae_params(wildcards):

@@ -359,6 +359,9 @@ class TrainingJob:
     latents: tuple[int, ...]
     parameters: int
     tokens_per_sample: int = 1
+    #: Rows held in memory while it trains: 0 is all of them (a feature file loaded whole); an
+    #: online job holds only its shuffling buffer and one step.
+    held_rows: int = 0
     paper: PaperFigures | None = None
     shortfall: float | None = None
     flagged: bool = False
@@ -481,10 +484,16 @@ def synthetic_jobs(expansion: Mapping[str, Any]) -> list[TrainingJob]:
     return jobs
 
 
+def online_job(dataset: str, encoder: str) -> str:
+    """The plan's name of a sharedness_online job; its SAEs' rows are named below it."""
+    return f"sharedness/{dataset}/online/{encoder}"
+
+
 def sharedness_jobs(config: Mapping[str, Any], data: PlanData, expansion: Mapping[str, Any],
                     manifests: Path | None = None) -> list[TrainingJob]:
-    """One job per per-layer SAE (model × layer × dataset), counted in tokens: the sampled tokens of
-    each training sample (`training_data: tokens`) or its one global token."""
+    """One job per per-layer SAE (model × layer × dataset), counted in tokens: every real token of
+    each training sample (`training_data: online`, in its encoder's sharedness_online job), its
+    sampled tokens (`tokens`) or its one global token."""
     spec = config.get("sharedness") or {}
     if not spec.get("models"):
         return []
@@ -500,7 +509,17 @@ def sharedness_jobs(config: Mapping[str, Any], data: PlanData, expansion: Mappin
         width = tower.layer_widths[layer]
         samples = dataset_count(config, dataset, "train", data, manifests)
         real = tower.tokens_at(layer, caption_tokens(config, dataset, data))
-        if spec["training_data"] == "tokens":
+        job_name, rule = f"sharedness/{dataset}/{name}/layer{layer:02d}", "sharedness_sae"
+        batch, held = sae["batch_size"], 0
+        if spec["training_data"] == "online":
+            per_sample = real
+            source = f"{samples.count:,} samples × {per_sample} real tokens ({samples.source})"
+            per_step = spec["online"]["samples_per_step"].get(model["modality"])
+            batch = per_step * per_sample if per_step else batch
+            held = spec["online"]["mix_samples"] * per_sample + batch
+            job_name = f"{online_job(dataset, model['encoder'])}/{name}/layer{layer:02d}"
+            rule = "sharedness_online"
+        elif spec["training_data"] == "tokens":
             per_sample = min(int(encoder["layer_tokens"]), real)
             source = f"{samples.count:,} samples × {per_sample} sampled tokens ({samples.source})"
         else:
@@ -508,13 +527,12 @@ def sharedness_jobs(config: Mapping[str, Any], data: PlanData, expansion: Mappin
             source = f"{samples.count:,} samples × 1 global token ({samples.source})"
         n_latents = int(spec["expansion"]) * width
         jobs.append(TrainingJob(
-            job=f"sharedness/{dataset}/{name}/layer{layer:02d}", family="sharedness",
-            rule="sharedness_sae", dataset=dataset, dataset_kind=config["datasets"][dataset]["kind"],
-            method="topk", modality=model["modality"], unit="tokens", rows=samples.count * per_sample,
-            rows_source=source, epochs=sae["epochs"], batch_size=sae["batch_size"], n_latents=n_latents,
-            k=sae["k"], widths=(width,), latents=(n_latents,),
-            parameters=_parameters("topk", (n_latents,), (width,)),
-            tokens_per_sample=per_sample))
+            job=job_name, family="sharedness", rule=rule, dataset=dataset,
+            dataset_kind=config["datasets"][dataset]["kind"], method="topk", modality=model["modality"],
+            unit="tokens", rows=samples.count * per_sample, rows_source=source, epochs=sae["epochs"],
+            batch_size=batch, n_latents=n_latents, k=sae["k"], widths=(width,), latents=(n_latents,),
+            parameters=_parameters("topk", (n_latents,), (width,)), tokens_per_sample=per_sample,
+            held_rows=held))
     return jobs
 
 
@@ -532,14 +550,15 @@ def _matches(job: TrainingJob, match: Mapping[str, Any]) -> bool:
 
 def _paper_tokens(job: TrainingJob, recipe: Mapping[str, Any], config: Mapping[str, Any],
                   data: PlanData) -> int:
-    """Tokens per sample the paper trains on: every token the encoder processes at the job's layer."""
-    if recipe.get("tokens") != "encoder":
+    """Tokens per sample the paper trains on: every token the encoder processes at the job's layer
+    (`encoder`), or every real one (`real`: text padding excluded)."""
+    if recipe.get("tokens") not in ("encoder", "real"):
         return 1
-    _, dataset, model, layer = job.job.split("/")
+    dataset, (model, layer) = job.dataset, job.job.split("/")[-2:]
     spec = config["sharedness"]["models"][model]
     tower = _tower(config, spec["encoder"], spec["modality"], data, f"sharedness.models.{model}")
     caption = caption_tokens(config, dataset, data)
-    if spec["modality"] == "text":
+    if spec["modality"] == "text" and recipe["tokens"] == "encoder":
         return tower.processed_tokens(caption)  # padding included, as the authors' code trains
     return tower.tokens_at(int(layer.removeprefix("layer")), caption)
 
@@ -705,7 +724,7 @@ def _training_row(job: TrainingJob, data: PlanData, devices: _Devices, device: s
     compute_s, rate = devices.seconds(device, "matmul", flops)
     per_step = devices.optimizer_s(device, job.parameters) + data.value("devices", device, "step_overhead_s")
     seconds = compute_s + job.steps * per_step
-    inputs = job.rows * sum(job.widths) * 4.0
+    inputs = (job.held_rows or job.rows) * sum(job.widths) * 4.0
     batch = min(job.batch_size, max(job.rows, 1))
     memory = (inputs + job.parameters * data.value("sae", "training_state_bytes_per_parameter")
               + batch * sum(job.latents) * data.value("sae", "activation_bytes_per_latent"))
@@ -722,9 +741,24 @@ def training_costs(config: Mapping[str, Any], jobs: Sequence[TrainingJob], data:
                    devices: _Devices) -> list[CostRow]:
     sharedness_gpu = bool((config.get("sharedness") or {}).get("gpu"))
     rows = []
+    passes: dict[tuple[str, str], set[str]] = {}
     for job in jobs:
         device = devices.of(job.rule, sharedness_gpu if job.family == "sharedness" else False)
         rows.append(_training_row(job, data, devices, device))
+        if job.rule == "sharedness_online":
+            encoder = config["sharedness"]["models"][job.job.split("/")[-2]]["encoder"]
+            passes.setdefault((job.dataset, encoder), set()).add(job.modality)
+    for (dataset, encoder), modalities in passes.items():  # the online jobs' encoder forward passes
+        device = devices.of("sharedness_online", sharedness_gpu)
+        found = {m: t for m, t in towers(config, encoder, data).items() if m in modalities}
+        samples = next(j.rows // max(j.tokens_per_sample, 1) for j in jobs
+                       if j.rule == "sharedness_online" and j.dataset == dataset)
+        flops = samples * sum(t.flops(caption_tokens(config, dataset, data)) for t in found.values())
+        seconds, rate = devices.seconds(device, "inference", flops)
+        rows.append(CostRow("training", f"{online_job(dataset, encoder)}/encoder_pass",
+                            f"sharedness/{dataset}", "sharedness_online", device, samples, flops,
+                            seconds / 3600, 0.0, sum(t.params for t in found.values()) * 4.0,
+                            _basis(device, rate)))
     return rows
 
 
@@ -831,12 +865,13 @@ def _sharedness_evaluation(config: Mapping[str, Any], jobs: Sequence[TrainingJob
     for job in jobs:
         if job.family != "sharedness":
             continue
-        _, dataset, model, layer = job.job.split("/")
+        dataset, (model, layer) = job.dataset, job.job.split("/")[-2:]
         latents[dataset, model, int(layer.removeprefix("layer"))] = job.n_latents
         test = dataset_count(config, dataset, "test", data, manifests).count
         device = devices.of("sharedness_sae", gpu)
-        rows.append(_evaluation_row(f"{job.job}/encode", f"sharedness/{dataset}", "sharedness_sae", device,
-                                    test, 2 * test * job.encode_flops_per_row, devices, "matmul",
+        rows.append(_evaluation_row(f"sharedness/{dataset}/{model}/{layer}/encode",
+                                    f"sharedness/{dataset}", "sharedness_sae", device, test,
+                                    2 * test * job.encode_flops_per_row, devices, "matmul",
                                     test * job.k * 12.0, test * job.widths[0] * 4.0 + job.parameters * 4.0))
     needed = expansion["sharedness_layers"]
     chunk = float(spec.get("compare", {}).get("chunk_rows", 4096))

@@ -24,6 +24,7 @@ RULE_JOBS: dict[str, str] = {
     "synthetic_data": "synthetic/d{distance}_s{seed}",
     "train_sae": "{run}",
     "synthetic_run": "synthetic/{method}/d{distance}_s{seed}",
+    "sharedness_online": "sharedness/{dataset}/online/{encoder}",
     "sharedness_sae": "sharedness/{dataset}/{model}/layer{layer}",
     "evaluate_reconstruction": "{run}/reconstruction",
     "evaluate_sparc": "{run}/sparc",
@@ -34,6 +35,8 @@ RULE_JOBS: dict[str, str] = {
     "sharedness_comparative": "sharedness/*/comparative/{name}",
     "sharedness_shuffle": "sharedness/*/shuffle/{name}",
 }
+#: Rules whose plan rows all run at once in one process (their memory adds up).
+CONCURRENT_ROWS_RULES = ("sharedness_online",)
 #: Rules that build one dataset's sample tables: priced by its rows (costs.yaml `manifest`).
 MANIFEST_RULES = ("manifest", "manifest_labelled", "manifest_prompts")
 MB = 1e6
@@ -106,7 +109,8 @@ class ResourceTable:
         chosen = mine or rows
         hours = sum(r.hours for r in mine) if mine else max(r.hours for r in rows)
         gpu = any(r.device == "gpu" for r in chosen)
-        return self.request(hours, max(r.memory_bytes for r in chosen), gpu)
+        memory = (sum if mine and rule in CONCURRENT_ROWS_RULES else max)(r.memory_bytes for r in chosen)
+        return self.request(hours, memory, gpu)
 
     def priced(self, rule: str, wildcards: Mapping[str, str]) -> bool:
         """Whether the plan prices this job by name (the tests hold every rule of RULE_JOBS to it)."""

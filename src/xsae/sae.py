@@ -31,6 +31,7 @@ import operator
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -172,6 +173,17 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return len(text).to_bytes(8, "little") + text + raw[8 + size:]
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata `SparseAutoencoder.save` wrote (sae_config and the caller's extras), decoded."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: json.loads(value) for key, value in handle.metadata().items()}
+    except Exception as exc:  # safetensors raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable SAE weight file ({exc})") from exc
 
 
 class _BagSums(torch.autograd.Function):
@@ -466,11 +478,8 @@ class SparseAutoencoder(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: SAE weights not found; run the train_sae rule first")
-        from safetensors import safe_open
-
+        raw = read_metadata(path)["sae_config"]
         try:
-            with safe_open(str(path), framework="pt") as handle:
-                raw = json.loads(handle.metadata()["sae_config"])
             tensors = load_file(str(path), device=str(device))
         except Exception as exc:  # safetensors raises several types for a corrupt file
             raise DataError(f"{path}: not a readable SAE weight file ({exc})") from exc

@@ -95,6 +95,23 @@ def layer_saes(config: Mapping[str, Any]) -> list[LayerSAE]:
             for (dataset, model), layers in layers_needed(config).items() for layer in layers]
 
 
+def online_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(dataset, encoder) → the SAEs its sharedness_online job trains (training_data online): every
+    needed layer of every model of that encoder, both modalities and every seed, in config order.
+    Each entry holds what `xsae.sharedness_online.OnlineSAE` needs (plain data, a job parameter)."""
+    spec = _section(config)
+    if spec.get("training_data") != "online":
+        return {}
+    jobs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for (dataset, model), layers in layers_needed(config).items():
+        entry = spec["models"][model]
+        for layer in layers:
+            jobs.setdefault((dataset, entry["encoder"]), []).append(
+                {"model": model, "modality": entry["modality"], "layer": layer,
+                 "entry": sae_entry(config, model), "seed": sae_seed(config, model)})
+    return jobs
+
+
 def _ordered(config: Mapping[str, Any], a: str, b: str) -> tuple[str, str]:
     """A pair in the models' config order: one pair job serves both directions."""
     order = list(_section(config)["models"])
@@ -201,6 +218,9 @@ def validate_sharedness(config: dict[str, Any], validator: Any, source: str = "c
         if modalities and model["modality"] not in modalities:
             problems.append(f"  {key}.modality: encoder {model['encoder']!r} has no {model['modality']!r} "
                             f"modality (it has: {', '.join(modalities)})")
+        if spec["training_data"] == "online" and sae_entry(config, name)["epochs"] != 1:
+            problems.append(f"  {key}.sae.epochs: training_data online makes one pass over the data; "
+                            "set epochs: 1 (sharedness.sae or the model's sae)")
         if spec["training_data"] == "tokens" and not encoder.get("layer_tokens"):
             problems.append(f"  {key}.encoder: training_data tokens needs encoders.{model['encoder']}."
                             "layer_tokens > 0")

@@ -95,6 +95,19 @@ class OnlineSettings:
     autocast_dtype: str = "float32"
 
 
+def settings_from_config(online: Mapping[str, Any], encoder_entry: Mapping[str, Any], *, expansion: int,
+                         workers: int = 0) -> OnlineSettings:
+    """The settings of a job from config section `sharedness.online` and its encoder's entry."""
+    budget = online.get("memory_gb")
+    return OnlineSettings(expansion=expansion,
+                          samples_per_step=dict(online.get("samples_per_step") or {}),
+                          mix_samples=online.get("mix_samples", 64),
+                          encoder_batch=encoder_entry["batch_size"], workers=workers,
+                          checkpoint_every=online.get("checkpoint_every", 4096),
+                          memory_budget=None if budget is None else budget * 1e9,
+                          autocast_dtype=encoder_entry.get("dtype", "float32"))
+
+
 def _probe(encoder: Encoder, modality: str, table: pd.DataFrame, manifest: Path, batch: int,
            layers: set[int]) -> dict[int, LayerShape]:
     """Widths and tokens per sample of the needed layers, from the manifest's first batch."""

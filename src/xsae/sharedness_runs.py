@@ -24,7 +24,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import resource
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ import torch
 
 from xsae.errors import ConfigError, DataError
 from xsae.features import StreamRef, read_sample_ids
-from xsae.io import read_npz, write_npz
+from xsae.io import atomic_path, read_npz, write_npz
 from xsae.metrics.sharedness import (
     MaxCorrelation,
     all_layers_score,
@@ -49,7 +51,7 @@ from xsae.metrics.sharedness import (
     shuffle_null,
 )
 from xsae.runs import evaluate_reconstruction, normalize_inputs, resolve_device, train_run, write_metrics
-from xsae.sae import Codes, SparseAutoencoder
+from xsae.sae import Codes, SparseAutoencoder, read_metadata
 from xsae.sharedness_tables import METRICS, PAIR_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -139,13 +141,53 @@ def train_layer_sae(entry: Mapping[str, Any], train_ref: StreamRef, test_ref: St
     summary = train_run(run, [train_ref], seed=seed, device=device, weights_path=weights_path,
                         log_path=log_path, checkpoint_path=checkpoint_path, progress=progress)
     summary["train_seconds"] = round(time.perf_counter() - start, 3)
+    return {**summary, **_encode_test(weights_path, test_ref, run, device=device, codes_path=codes_path,
+                                      reconstruction_path=reconstruction_path, labels=labels)}
+
+
+def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: StreamRef, *, device: str,
+                     weights_path: str | Path, log_path: str | Path, codes_path: str | Path,
+                     reconstruction_path: str | Path,
+                     labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The same outputs as `train_layer_sae` for an SAE its encoder's online job trained: its
+    weights (a hard link where the file system allows, else a copy) and log, its test codes and
+    held-out reconstruction rows."""
+    from xsae.sharedness_online import check_layer_output
+
+    weights, history = check_layer_output(online_dir, model, layer)
+    for source, target in ((weights, Path(weights_path)), (history, Path(log_path))):
+        with atomic_path(target) as tmp:
+            tmp.unlink()
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+    metadata = read_metadata(weights)
+    run, trained_width = metadata["run"], metadata["sae_config"]["input_dims"][0]
+    width = layer_width(test_ref)
+    if width != trained_width:
+        raise DataError(f"{test_ref.path}: {test_ref.key} has width {width}, the SAE {weights} was trained "
+                        f"on width {trained_width}: rerun the sharedness_online job of this encoder")
+    trained = pd.read_csv(history)
+    last = trained.iloc[-1].to_dict() if len(trained) else {}
+    summary = {"steps": int(last.get("step", 0)), "tokens": int(last.get("tokens", 0)),
+               "final_loss": float(last.get("loss", float("nan")))}
+    return {**summary, **_encode_test(weights_path, test_ref, run, device=device, codes_path=codes_path,
+                                      reconstruction_path=reconstruction_path, labels=labels)}
+
+
+def _encode_test(weights_path: str | Path, test_ref: StreamRef, run: Mapping[str, Any], *, device: str,
+                 codes_path: str | Path, reconstruction_path: str | Path,
+                 labels: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Write the SAE's codes of the test features and its held-out reconstruction rows."""
+    width = layer_width(test_ref)
     layer_codes = encode_layer(weights_path, test_ref, input_norm=run["input_norm"], device=device)
     write_codes(codes_path, layer_codes)
     labels = {**(labels or {}), "width": width, "n_latents": run["n_latents"]}
     metrics = evaluate_reconstruction(weights_path, [test_ref], input_norm=run["input_norm"], device=device,
                                       labels=labels)
     write_metrics(metrics, reconstruction_path)
-    return {**summary, "width": width, "n_latents": run["n_latents"], "n_test": layer_codes.n_rows}
+    return {"width": width, "n_latents": run["n_latents"], "n_test": layer_codes.n_rows}
 
 
 # ---- comparisons ------------------------------------------------------------------------------
