@@ -317,12 +317,14 @@ def test_layerwise_matrix_and_reconstruction_summary():
     assert matrix.loc[1, 2] == 12
     with pytest.raises(DataError, match="no layer-wise"):
         layerwise_matrix(pd.DataFrame(rows), "b", "a")
-    measured = (("nmse", 0.2), ("r2", 0.7), ("dead_latents", 2), ("dead_fraction", 0.25), ("n_samples", 9))
+    measured = (("nmse", 0.2), ("r2", 0.7), ("dead_latents", 2), ("dead_fraction", 0.25), ("n_samples", 9),
+                ("train_nmse", 0.05), ("nmse_ratio", 4.0))
     tidy = pd.DataFrame([{"dataset": "d", "model": "a", "layer": 0, "width": 4, "n_latents": 8, "stream": "x",
                           "source": "x", "metric": m, "value": v} for m, v in measured])
     summary = reconstruction_summary([tidy])
     assert summary.to_dict("records") == [{"dataset": "d", "model": "a", "layer": 0, "width": 4, "L": 8,
-                                           "NMSE": 0.2, "R²": 0.7, "dead (%)": 25.0, "test samples": 9}]
+                                           "train NMSE": 0.05, "NMSE": 0.2, "NMSE ratio": 4.0, "R²": 0.7,
+                                           "dead (%)": 25.0, "test samples": 9}]
 
 
 # ---- Comparative Sharedness --------------------------------------------------------------------------
@@ -433,6 +435,40 @@ def test_train_layer_sae_on_sampled_tokens(tmp_path):
                         expansion=2, seed=0, device="cpu", weights_path=tmp_path / "x.safetensors",
                         log_path=tmp_path / "x.csv", codes_path=tmp_path / "x.npz",
                         reconstruction_path=tmp_path / "xr.csv")
+
+
+def test_the_nmse_guard_fires_on_compared_vectors_unlike_the_training_tokens(tmp_path, caplog):
+    """Trained on vectors along three directions, compared on vectors along the other three (a
+    representation the SAE never saw): the compared NMSE is many times the training NMSE, reported
+    and warned of; compared on vectors like the training ones, it stays quiet."""
+    rng = np.random.default_rng(0)
+
+    def along(path, n, axes):
+        file = _feature_file(path, n, [6], 0)
+        values = np.zeros((n, 6), dtype=np.float32)
+        values[np.arange(n), rng.choice(axes, size=n)] = rng.uniform(1, 2, size=n)
+        with h5py.File(file, "a") as h5:
+            h5["layers/image/00"][...] = values
+        return file
+
+    train = along(tmp_path / "train.h5", 200, [0, 1, 2])
+    like, unlike = along(tmp_path / "like.h5", 60, [0, 1, 2]), along(tmp_path / "unlike.h5", 60, [3, 4, 5])
+    ratios = {}
+    for name, test in (("like", like), ("unlike", unlike)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="xsae.sharedness_runs"):
+            summary = train_layer_sae(
+                _recipe(epochs=10, k=1, lr=1e-2), StreamRef(train, "image", 0, "m"),
+                StreamRef(test, "image", 0, name),
+                expansion=2, seed=0, device="cpu", weights_path=tmp_path / name / "w.safetensors",
+                log_path=tmp_path / name / "l.csv", codes_path=tmp_path / name / "c.npz",
+                reconstruction_path=tmp_path / name / "r.csv")
+        rows = pd.read_csv(tmp_path / name / "r.csv").set_index("metric")["value"]
+        assert rows["train_nmse"] == pytest.approx(summary["train_nmse"])
+        assert rows["nmse_ratio"] == pytest.approx(rows["nmse"] / rows["train_nmse"])
+        ratios[name] = (rows["nmse_ratio"], [r.getMessage() for r in caplog.records])
+    assert not ratios["like"][1]  # the ratio of two tiny errors (< 5%) is noise, not a warning
+    assert ratios["unlike"][0] > 2 and "not the distribution the SAE learned" in ratios["unlike"][1][0]
 
 
 def test_train_layer_sae_errors_name_the_problem(tmp_path):

@@ -56,6 +56,11 @@ from xsae.sharedness_tables import METRICS, PAIR_COLUMNS
 
 log = logging.getLogger(__name__)
 
+#: Compared vectors reconstructed this many times worse than the training tokens get a warning,
+#: unless still reconstructed well (NMSE below the floor: the ratio of two tiny errors is noise).
+NMSE_GUARD = 2.0
+NMSE_FLOOR = 0.05
+
 # ---- per-layer SAEs ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LayerCodes:
@@ -141,8 +146,10 @@ def train_layer_sae(entry: Mapping[str, Any], train_ref: StreamRef, test_ref: St
     summary = train_run(run, [train_ref], seed=seed, device=device, weights_path=weights_path,
                         log_path=log_path, checkpoint_path=checkpoint_path, progress=progress)
     summary["train_seconds"] = round(time.perf_counter() - start, 3)
+    train_nmse = final_training_nmse(pd.read_csv(log_path))
     return {**summary, **_encode_test(weights_path, test_ref, run, device=device, codes_path=codes_path,
-                                      reconstruction_path=reconstruction_path, labels=labels)}
+                                      reconstruction_path=reconstruction_path, labels=labels,
+                                      train_nmse=train_nmse)}
 
 
 def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: StreamRef, *, device: str,
@@ -173,21 +180,43 @@ def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: S
     summary = {"steps": int(last.get("step", 0)), "tokens": int(last.get("tokens", 0)),
                "final_loss": float(last.get("loss", float("nan")))}
     return {**summary, **_encode_test(weights_path, test_ref, run, device=device, codes_path=codes_path,
-                                      reconstruction_path=reconstruction_path, labels=labels)}
+                                      reconstruction_path=reconstruction_path, labels=labels,
+                                      train_nmse=final_training_nmse(trained))}
+
+
+def final_training_nmse(history: pd.DataFrame) -> float:
+    """The NMSE of the last logged interval of training (NaN when nothing was logged)."""
+    columns = [c for c in history.columns if c.startswith("self_nmse/")]
+    if not columns or history.empty:
+        return float("nan")
+    return float(history[columns].iloc[-1].mean())
 
 
 def _encode_test(weights_path: str | Path, test_ref: StreamRef, run: Mapping[str, Any], *, device: str,
                  codes_path: str | Path, reconstruction_path: str | Path,
-                 labels: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Write the SAE's codes of the test features and its held-out reconstruction rows."""
+                 labels: Mapping[str, Any] | None, train_nmse: float) -> dict[str, Any]:
+    """Write the SAE's codes of the test features and its held-out reconstruction rows, with the
+    training NMSE beside the compared vectors' NMSE: an SAE reconstructs only the distribution it
+    was trained on, so compared vectors that it reconstructs far worse (> `NMSE_GUARD` × and
+    above `NMSE_FLOOR`) are not what it learned, and its codes of them say little (a warning)."""
     width = layer_width(test_ref)
     layer_codes = encode_layer(weights_path, test_ref, input_norm=run["input_norm"], device=device)
     write_codes(codes_path, layer_codes)
     labels = {**(labels or {}), "width": width, "n_latents": run["n_latents"]}
     metrics = evaluate_reconstruction(weights_path, [test_ref], input_norm=run["input_norm"], device=device,
                                       labels=labels)
-    write_metrics(metrics, reconstruction_path)
-    return {"width": width, "n_latents": run["n_latents"], "n_test": layer_codes.n_rows}
+    compared = float(metrics.loc[metrics["metric"] == "nmse", "value"].iloc[0])
+    ratio = compared / train_nmse if train_nmse > 0 else float("nan")
+    template = metrics[metrics["metric"] == "nmse"].iloc[0].to_dict()
+    extra = pd.DataFrame([{**template, "metric": "train_nmse", "value": train_nmse},
+                          {**template, "metric": "nmse_ratio", "value": ratio}])
+    write_metrics(pd.concat([metrics, extra], ignore_index=True), reconstruction_path)
+    if ratio > NMSE_GUARD and compared > NMSE_FLOOR:
+        log.warning("%s: NMSE %.3g on the compared vectors (%s) is %.1f× the %.3g of training: they are not "
+                    "the distribution the SAE learned, and their codes say little of its features",
+                    test_ref.name or test_ref.key, compared, test_ref.key, ratio, train_nmse)
+    return {"width": width, "n_latents": run["n_latents"], "n_test": layer_codes.n_rows,
+            "train_nmse": train_nmse, "compared_nmse": compared}
 
 
 # ---- comparisons ------------------------------------------------------------------------------

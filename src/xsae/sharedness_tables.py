@@ -35,14 +35,18 @@ MODALITY_NAMES = {"image": "Image", "text": "Text"}
 
 
 def reconstruction_summary(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """One row per per-layer SAE: held-out NMSE, R² and dead latents (a check of the SAEs
-    before reading their comparisons)."""
+    """One row per per-layer SAE: NMSE on its training tokens (last logged interval) and on the
+    compared vectors, their ratio, R² and dead latents there (a check of the SAEs before reading
+    their comparisons: a ratio above 2 means the compared vectors are not what it learned)."""
     tidy = pd.concat(list(frames), ignore_index=True)
     keys = [c for c in ("dataset", "model", "layer", "width", "n_latents") if c in tidy.columns]
     wide = tidy.pivot_table(index=keys, columns="metric", values="value", aggfunc="first",
-                            sort=False).reset_index()
+                            sort=False, dropna=False).reset_index()
     wide.columns.name = None
-    columns = {"nmse": "NMSE", "r2": "R²", "dead_fraction": "dead (%)", "n_samples": "test samples"}
+    for missing in {"train_nmse", "nmse_ratio"} - set(wide.columns):  # files written before the guard
+        wide[missing] = float("nan")
+    columns = {"train_nmse": "train NMSE", "nmse": "NMSE", "nmse_ratio": "NMSE ratio", "r2": "R²",
+               "dead_fraction": "dead (%)", "n_samples": "test samples"}
     wide["dead_fraction"] = 100 * wide["dead_fraction"]
     wide["n_samples"] = wide["n_samples"].astype(int)
     return wide[[*keys, *columns]].rename(columns={**columns, "n_latents": "L"})
