@@ -235,9 +235,8 @@ def test_cli_shows_the_paper_configs_sharedness_saes_at_the_authors_steps(capsys
     """The paper config's per-layer SAEs train online, a step holding every real token of 16 images
     or 256 captions, one pass: the authors' 7,393 image and 463 text steps on COCO (one caption per
     image, as their loader reads), ceil(55,478 / 16) on LAION's training split (their 3,853 ran on
-    all 61,642 pairs: within the 2× flag); only Flowers falls short (2,040 training images against
-    the 8,189 of the captioned Hub dataset the paper used). SPARC's and the heterogeneity paper's
-    runs match theirs."""
+    all 61,642 pairs: within the 2× flag); Flowers 512 / 32 on the 8,189 pairs of the Hub dataset
+    their loader reads. SPARC's and the heterogeneity paper's runs match theirs."""
     monkeypatch.chdir(REPO)
     assert cli.main(["plan", "config/paper.yaml", "--format", "json"]) == 0
     document = json.loads(capsys.readouterr().out)
@@ -254,8 +253,9 @@ def test_cli_shows_the_paper_configs_sharedness_saes_at_the_authors_steps(capsys
     laion = sharedness[(sharedness["dataset"] == "laion") & (modality == "image")]
     assert set(laion["steps"]) == {3468} and set(laion["paper_steps"]) == {3853}
     assert (laion["flag"] == "").all()
-    flagged = sharedness[sharedness["flag"] != ""]
-    assert set(flagged["dataset"]) == {"flowers"} and set(document["flagged"]) == set(flagged["job"])
+    flowers = sharedness[sharedness["dataset"] == "flowers"]
+    assert set(flowers["steps"]) == set(flowers["paper_steps"]) == {512, 32}  # all 8,189 Hub pairs
+    assert (sharedness["flag"] == "").all() and not document["flagged"]
     sparc = jobs[jobs["job"] == "oi_global_l1"].iloc[0]
     assert (sparc["steps"], sparc["paper_steps"], sparc["flag"]) == (50 * 1983, 50 * 1983, "")
     synthetic = jobs[jobs["family"] == "synthetic"]

@@ -25,6 +25,7 @@ from xsae.rehearsal.datasets import (
     COCO_CAPTIONS,
     IMAGENET_CLASSES,
     MIN_POSITIVES,
+    REHEARSAL_HUB_REPO,
     build_miniatures,
     serve,
     served_miniatures,
@@ -33,7 +34,8 @@ from xsae.rehearsal.datasets import (
 PAPER = yaml.safe_load((Path(__file__).parents[1] / "config" / "paper.yaml").read_text())["datasets"]
 DOWNLOADED = [name for name, entry in PAPER.items()
               if entry["kind"] != "class_prompts" and not entry.get("files_of")]
-LABELLED = [name for name in DOWNLOADED if PAPER[name]["kind"] not in ("laion_subset", "cc3m")]
+LABELLED = [name for name in DOWNLOADED
+            if PAPER[name]["kind"] not in ("laion_subset", "cc3m", "hub_image_text")]
 KEPT = ("kind", "files_of", "manifest_options", "classes_of", "class_names", "templates")
 
 
@@ -111,11 +113,13 @@ def test_every_paper_dataset_gets_an_entry_and_every_download_a_miniature(served
             assert entry["options"] == {"expected_images": served.miniatures[name].rows["test"]}
         else:
             assert entry["base_url"] == f"{base}/{name}" and entry["workers"] <= 4
-    for name in ("coco", "flowers"):
-        for source in served.overrides[name]["options"]["sources"].values():
-            body = (served.root / name / source["file"]).read_bytes()
-            assert source["size"] == len(body) and len(source["sha256"]) == 64
-    assert served.overrides["flowers"]["options"]["sources"]["labels"]["md5"]
+    for source in served.overrides["coco"]["options"]["sources"].values():
+        body = (served.root / "coco" / source["file"]).read_bytes()
+        assert source["size"] == len(body) and len(source["sha256"]) == 64
+    # the paper's Flowers is a Hub dataset: its miniature serves the Hub's Parquet layout
+    flowers = served.overrides["flowers"]
+    assert flowers["kind"] == "hub_image_text" and flowers["options"]["repo"] == REHEARSAL_HUB_REPO
+    assert flowers["options"]["test_fraction"] == PAPER["flowers"]["options"]["test_fraction"] == 0
     total = sum(m.size_bytes for m in served.miniatures.values())
     assert total < 20 * 2**20, f"miniatures take {total} bytes"
     assert served.seconds < 60, f"building and serving took {served.seconds:.1f} s"
@@ -130,7 +134,11 @@ def test_manifests_have_the_designed_rows(fetched, served, name):
     for split in ("train", "test"):
         assert len(fetched.manifests[name][split]) == miniature.rows[split], split
     assert miniature.rows["test"] > 0
-    if name != "imagenet":
+    if name == "flowers":  # no hold-out: the comparisons run on the training rows
+        assert miniature.rows["train"] == miniature.rows["test"] >= 24
+        assert fetched.manifests[name]["train"]["sample_id"].tolist() == \
+            fetched.manifests[name]["test"]["sample_id"].tolist()
+    elif name != "imagenet":
         assert miniature.rows["train"] > miniature.rows["test"] >= 24
     if miniature.failures:  # URL lists: dead links and web pages are recorded, the rest proceeds
         for split, failed in miniature.failures.items():
@@ -195,7 +203,7 @@ def test_imagenet_prompts_use_clips_curated_names_for_the_miniatures_classes(fet
 # ---------------------------------------------------------------------------------- verification
 
 
-@pytest.mark.parametrize(("name", "file"), [("coco", "val2017.zip"), ("flowers", "imagelabels.mat")])
+@pytest.mark.parametrize(("name", "file"), [("coco", "val2017.zip")])
 def test_a_flipped_byte_in_a_served_archive_fails_the_download(fetched, served, tmp_path, name, file):
     path = served.root / name / file
     original = path.read_bytes()

@@ -44,7 +44,7 @@ STAGES = ("extraction", "training", "evaluation")
 #: Kinds whose train split is empty by construction (features exist for the test split only).
 TEST_ONLY_KINDS = ("imagenet_val", "class_prompts")
 #: Dataset kinds with a `max_images` option that caps the rows of each split.
-CAPPED_KINDS = ("open_images_v7", "laion_subset", "cc3m")
+CAPPED_KINDS = ("open_images_v7", "laion_subset", "cc3m", "hub_image_text")
 GB = 1e9
 
 
@@ -174,6 +174,17 @@ def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: Pla
         share = 1 - fraction if split == "train" else fraction
         count = Count(total.count - test if split == "train" else test,
                       f"{total.count} pairs ({total.source}) × {share:g}")
+    elif kind == "hub_image_text":
+        repo, listed = options.get("repo"), (sizes.get("repos") or {}).get(options.get("repo"))
+        if listed is None and options.get("max_rows") is not None:  # a repository of known size
+            total = Count(int(options["max_rows"]), f"datasets.{dataset}.options.max_rows")
+        else:
+            total = _count(listed, where, f"kinds.hub_image_text.repos.{repo}")
+        fraction = float(options.get("test_fraction", sizes.get("default_test_fraction", 0.1)))
+        test = round(total.count * fraction) if fraction else total.count
+        share = 1 if not fraction else (1 - fraction if split == "train" else fraction)
+        count = Count(total.count - (test if fraction else 0) if split == "train" else test,
+                      f"{total.count} rows of {repo} ({total.source}) × {share:g}")
     elif kind == "tuxpaint_stamps":
         fraction = float(entry.get("test_fraction", sizes.get("default_test_fraction", 0.2)))
         if math.isclose(fraction, float(sizes.get("default_test_fraction", 0.2))):
@@ -188,7 +199,7 @@ def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: Pla
         if kind == "coco2017" and (entry.get("manifest_options") or {}).get("captions") == "each":
             table = "per_caption"
         count = _count((sizes.get(table) or {}).get(split), where, f"kinds.{kind}.{table}.{split}")
-    cap = options.get("max_images")
+    cap = options.get("max_rows" if kind == "hub_image_text" else "max_images")
     if isinstance(cap, Mapping):  # a cap per split
         cap = cap.get(split)
     if kind in CAPPED_KINDS and cap is not None and cap < count.count:

@@ -26,6 +26,7 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "open_images_v7": ("xsae.datasets.openimages", None),
     "laion_subset": ("xsae.datasets.urllists", "laion_subset"),
     "cc3m": ("xsae.datasets.urllists", "cc3m"),
+    "hub_image_text": ("xsae.datasets.hub", None),
 }
 
 

@@ -74,6 +74,9 @@ WORKERS = 4
 COCO_CAPTIONS = 5
 FLOWERS_CAPTIONS = 10
 LAION_TEST_FRACTION = 0.3
+#: hub_image_text miniatures hold nothing out, as the paper config's Flowers (the authors compare
+#: on their training data): both splits are every row.
+HUB_TEST_FRACTION = 0.0
 URL_LIST_SHARD_SIZE = 32
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -444,6 +447,43 @@ def flowers_files(images: Mapping[int, bytes], labels: Sequence[int], setid: Map
         "setid.mat": mat_bytes(**{key: np.array([list(ids)], dtype=np.uint16) for key, ids in setid.items()}),
         "cvpr2016_flowers.tar.gz": captions_body if captions_body is not None else tar_bytes(texts),
     }
+
+
+# ------------------------------------------------------------------------------ Hub image–text
+
+#: The repository a rehearsal's hub_image_text datasets name (the served files live under it).
+REHEARSAL_HUB_REPO = "rehearsal/image-captions"
+#: Rows of a hub_image_text miniature, in two Parquet files (as the Hub's conversion shards them).
+_HUB_ROWS = (20, 16)
+
+
+def _build_hub(name: str, folder: Path, rng: np.random.Generator, base_url: str) -> Miniature:
+    """The Hub's Parquet conversion of an image–caption dataset: a listing of Parquet URLs and the
+    files, whose `image` cells are `{bytes, path}` as the `datasets` Image feature stores them."""
+    from xsae.datasets import hub
+
+    looks = assign_looks(FLOWERS_CLASSES)
+    url = f"{base_url.rstrip('/')}/{name}"
+    files, urls = {}, []
+    for number, count in enumerate(_HUB_ROWS):
+        cells, texts = [], []
+        for _ in range(count):
+            flower = FLOWERS_CLASSES[int(rng.integers(len(FLOWERS_CLASSES)))]
+            look = looks[flower]
+            image, background, _ = draw_image([look], rng)
+            cells.append({"bytes": encode_image(image), "path": None})
+            texts.append(_FLOWERS_TEXT[int(rng.integers(len(_FLOWERS_TEXT)))].format(
+                name=flower, colour=look.colour, shape=look.shape, texture=look.texture, bg=background))
+        buffer = io.BytesIO()
+        pd.DataFrame({"image": cells, "text": texts}).to_parquet(buffer, index=False)
+        files[f"files/{number:04d}.parquet"] = buffer.getvalue()
+        urls.append(f"{url}/files/{number:04d}.parquet")
+    listing = hub.listing_url(url, {"repo": REHEARSAL_HUB_REPO, "config": "default", "split": "train"})
+    files[listing.removeprefix(url + "/")] = json.dumps(urls).encode()
+    write_files(folder, files)
+    rows = {split: sum(hub.in_split(row, HUB_TEST_FRACTION, split) for row in range(sum(_HUB_ROWS)))
+            for split in ("train", "test")}
+    return Miniature(name, "hub_image_text", folder, rows, {"train": {}, "test": {}}, ())
 
 
 # --------------------------------------------------------------------------------------- ImageNet
@@ -1089,6 +1129,7 @@ _BUILDERS: dict[str, Callable[[str, Path, np.random.Generator, str], Miniature]]
     "imagenet_val": _build_imagenet,
     "laion_subset": _build_laion,
     "cc3m": _build_cc3m,
+    "hub_image_text": _build_hub,
 }
 #: kinds whose entries have no files of their own
 _NO_FILES = ("class_prompts",)
@@ -1208,6 +1249,9 @@ def dataset_overrides(datasets: Mapping[str, Mapping[str, Any]], root: str | Pat
             new["options"] = {"sources": _read_sources(module.SOURCES, folder)}
         elif kind == "open_images_v7":
             new["options"] = {"timeout": 10, "retries": 2}
+        elif kind == "hub_image_text":
+            new["options"] = {**entry.get("options", {}), "repo": REHEARSAL_HUB_REPO, "timeout": 10,
+                              "retries": 1, "test_fraction": HUB_TEST_FRACTION, "max_rows": sum(_HUB_ROWS)}
         elif kind in ("laion_subset", "cc3m"):
             _check_list_urls(folder, kind, base_url)
             options: dict[str, Any] = {"shard_size": URL_LIST_SHARD_SIZE, "timeout": 10, "retries": 1}
