@@ -127,3 +127,20 @@ def dry_run_jobs(snakemake_output: str) -> list[tuple[str, dict[str, str], dict[
             fields[key] = dict(item.split("=", 1) for item in match.group(1).split(", ")) if match else {}
         jobs.append((rule, fields["wildcards"], fields["resources"]))
     return jobs
+
+
+def stamps_manifests(root: Path, test_fraction: float = 0.25) -> dict[str, Path]:
+    """Train and test manifests of a generated Tux Paint stamps tree under `root` (split → CSV)."""
+    import pandas as pd
+
+    from xsae.datasets.manifest import build_manifest, write_manifest
+    from xsae.datasets.tuxpaint import scan_stamps, stamps_root
+
+    stamps, _ = scan_stamps(stamps_root(make_stamps_tree(root / "tree")))
+    samples = pd.DataFrame({"sample_id": [s.sample_id for s in stamps],
+                            "image_path": [str(s.image_path) for s in stamps],
+                            "caption": [s.caption for s in stamps], "category": [s.category for s in stamps]})
+    splits, labels = build_manifest(samples, test_fraction=test_fraction, seed=0)
+    paths = {split: root / f"{split}.csv" for split in splits}
+    write_manifest(splits, labels, paths, root / "labels.json")
+    return paths

@@ -9,11 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import make_stamps_tree
+from helpers import stamps_manifests
 from torch import nn
 
-from xsae.datasets.manifest import build_manifest, write_manifest
-from xsae.datasets.tuxpaint import scan_stamps, stamps_root
 from xsae.encoders import Encoder, EncoderSpec
 from xsae.errors import DataError
 from xsae.features import StreamRef, extract, load_streams, read_attrs, read_sample_ids, read_stream
@@ -41,15 +39,7 @@ class PixelStats(Encoder):
 
 @pytest.fixture
 def manifest(tmp_path):
-    stamps, _ = scan_stamps(stamps_root(make_stamps_tree(tmp_path / "tree")))
-    samples = pd.DataFrame({"sample_id": [s.sample_id for s in stamps],
-                            "image_path": [str(s.image_path) for s in stamps],
-                            "caption": [s.caption for s in stamps],
-                            "category": [s.category for s in stamps]})
-    splits, labels = build_manifest(samples, test_fraction=0.25, seed=0)
-    paths = {split: tmp_path / f"{split}.csv" for split in splits}
-    write_manifest(splits, labels, paths, tmp_path / "labels.json")
-    return paths["train"]
+    return stamps_manifests(tmp_path)["train"]
 
 
 @pytest.fixture

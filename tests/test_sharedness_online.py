@@ -10,13 +10,11 @@ import math
 import pandas as pd
 import pytest
 import torch
+from helpers import stamps_manifests
 from safetensors.torch import load_file
 from torch import nn
 
-from tests.helpers import make_stamps_tree
 from xsae.config import validate
-from xsae.datasets.manifest import build_manifest, write_manifest
-from xsae.datasets.tuxpaint import scan_stamps, stamps_root
 from xsae.encoders import Encoder, EncoderSpec
 from xsae.encoders.base import paper_image_transform
 from xsae.errors import ConfigError
@@ -63,15 +61,7 @@ class TwoTower(Encoder):
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("online")
-    stamps, _ = scan_stamps(stamps_root(make_stamps_tree(root / "tree")))
-    samples = pd.DataFrame({"sample_id": [s.sample_id for s in stamps],
-                            "image_path": [str(s.image_path) for s in stamps],
-                            "caption": [s.caption for s in stamps], "category": [s.category for s in stamps]})
-    splits, labels = build_manifest(samples, test_fraction=0.25, seed=0)
-    paths = {split: root / f"{split}.csv" for split in splits}
-    write_manifest(splits, labels, paths, root / "labels.json")
-    return paths["train"]
+    return stamps_manifests(tmp_path_factory.mktemp("online"))["train"]
 
 
 def recipe(**overrides) -> dict:

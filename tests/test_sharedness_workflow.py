@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import REPO, make_stamps_tree, tiny_config, write_config
+from helpers import REPO, make_stamps_tree, stamps_manifests, tiny_config, write_config
 from test_workflow import planned_jobs, snakemake
 from torch import nn
 
@@ -676,17 +676,9 @@ def test_cnn_tokens_are_feature_map_positions():
 
 
 def test_extract_stores_seeded_token_samples_for_training(tmp_path):
-    from xsae.datasets.manifest import build_manifest, write_manifest
-    from xsae.datasets.tuxpaint import scan_stamps, stamps_root
     from xsae.features import extract, load_streams
 
-    stamps, _ = scan_stamps(stamps_root(make_stamps_tree(tmp_path / "tree")))
-    samples = pd.DataFrame({"sample_id": [s.sample_id for s in stamps],
-                            "image_path": [str(s.image_path) for s in stamps],
-                            "caption": [s.caption for s in stamps], "category": [s.category for s in stamps]})
-    splits, labels = build_manifest(samples, test_fraction=0.25, seed=0)
-    paths = {split: tmp_path / f"{split}.csv" for split in splits}
-    write_manifest(splits, labels, paths, tmp_path / "labels.json")
+    paths = stamps_manifests(tmp_path)
     encoder = TinyCNN()
     files = []
     for attempt in range(2):
