@@ -321,10 +321,13 @@ def test_layerwise_matrix_and_reconstruction_summary():
                 ("train_nmse", 0.05), ("nmse_ratio", 4.0))
     tidy = pd.DataFrame([{"dataset": "d", "model": "a", "layer": 0, "width": 4, "n_latents": 8, "stream": "x",
                           "source": "x", "metric": m, "value": v} for m, v in measured])
-    summary = reconstruction_summary([tidy])
-    assert summary.to_dict("records") == [{"dataset": "d", "model": "a", "layer": 0, "width": 4, "L": 8,
-                                           "train NMSE": 0.05, "NMSE": 0.2, "NMSE ratio": 4.0, "R²": 0.7,
-                                           "dead (%)": 25.0, "test samples": 9}]
+    other = tidy.assign(dataset="e", model="b", layer=3, width=6, n_latents=12)  # no cross combinations
+    other = other[~other["metric"].isin(["train_nmse", "nmse_ratio"])]  # written before the guard
+    summary = reconstruction_summary([tidy, other])
+    assert len(summary) == 2 and summary.loc[1, ["train NMSE", "NMSE ratio"]].isna().all()
+    first = summary.iloc[:1].to_dict("records")
+    assert first == [{"dataset": "d", "model": "a", "layer": 0, "width": 4, "L": 8, "train NMSE": 0.05,
+                      "NMSE": 0.2, "NMSE ratio": 4.0, "R²": 0.7, "dead (%)": 25.0, "test samples": 9}]
 
 
 # ---- Comparative Sharedness --------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def reconstruction_summary(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     tidy = pd.concat(list(frames), ignore_index=True)
     keys = [c for c in ("dataset", "model", "layer", "width", "n_latents") if c in tidy.columns]
     wide = tidy.pivot_table(index=keys, columns="metric", values="value", aggfunc="first",
-                            sort=False, dropna=False).reset_index()
+                            sort=False).reset_index()
     wide.columns.name = None
     for missing in {"train_nmse", "nmse_ratio"} - set(wide.columns):  # files written before the guard
         wide[missing] = float("nan")
