@@ -37,9 +37,16 @@ def test_an_unwritable_folder_and_an_h5py_error_are_named(tmp_path):
     assert "No space left on device (free space" in exited.value.code
 
 
-def test_other_errors_keep_their_traceback(tmp_path):
-    with pytest.raises(FileNotFoundError), script(fake_snakemake(tmp_path / "job.log")):
+def test_other_errors_keep_their_traceback_in_the_log_too(tmp_path, capsys):
+    log = tmp_path / "job.log"
+    with pytest.raises(FileNotFoundError), script(fake_snakemake(log)):
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "x")
+    with pytest.raises(ValueError), script(fake_snakemake(log)):
+        raise ValueError("a bug in a table")
+    text = log.read_text()
+    assert "ERROR" in text and "Traceback (most recent call last)" in text
+    assert "ValueError: a bug in a table" in text
+    assert "a bug in a table" not in capsys.readouterr().err  # stderr gets it once, from Python, not twice
 
 
 def test_numeric_threads_come_from_the_config_not_from_the_cores(tmp_path):

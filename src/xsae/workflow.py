@@ -21,8 +21,9 @@ def script(snakemake: Any) -> Iterator[logging.Logger]:
     """Log to the rule's log file and stderr; turn library errors into one readable line."""
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     log_files = [p for p in snakemake.log if str(p).endswith(".log")]
-    if log_files:
-        handlers.append(logging.FileHandler(log_files[0], mode="w", encoding="utf-8"))
+    log_file = logging.FileHandler(log_files[0], mode="w", encoding="utf-8") if log_files else None
+    if log_file is not None:
+        handlers.append(log_file)
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger = logging.getLogger(f"xsae.rule.{snakemake.rule}")
@@ -39,10 +40,21 @@ def script(snakemake: Any) -> Iterator[logging.Logger]:
         sys.exit(f"{snakemake.rule}: {exc}")
     except OSError as exc:
         if storage_errno(exc) not in STORAGE_ERRORS:
+            _traceback_to(log_file, logger)
             raise
         message = storage_message(exc)
         logger.error("%s", message)
         sys.exit(f"{snakemake.rule}: {message}")
+    except Exception:  # a bug: its traceback goes to the job's log too (stderr gets it from Python)
+        _traceback_to(log_file, logger)
+        raise
+
+
+def _traceback_to(handler: logging.Handler | None, logger: logging.Logger) -> None:
+    """The exception being handled, with its traceback, into the job's log file only."""
+    if handler is not None:
+        handler.handle(logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "unexpected error", (),
+                                         sys.exc_info()))
 
 
 def numeric_threads(snakemake: Any) -> int:
