@@ -141,6 +141,12 @@ def step_tokens(sae: OnlineSAE, shape: LayerShape, settings: OnlineSettings) -> 
     return int(sae.entry["batch_size"])
 
 
+def step_and_buffer(sae: OnlineSAE, shape: LayerShape, settings: OnlineSettings) -> tuple[int, int]:
+    """Tokens per step, and rows of the shuffling buffer that mixes `mix_samples` samples."""
+    batch = step_tokens(sae, shape, settings)
+    return batch, buffer_rows(batch, settings.mix_samples, math.ceil(shape.tokens_per_sample))
+
+
 def planned_steps(n_samples: int, shape: LayerShape, batch: int) -> int:
     return max(1, math.ceil(n_samples * shape.tokens_per_sample / batch))
 
@@ -160,12 +166,11 @@ class _Pass:
         for sae in self.saes:
             shape = shapes[sae.layer]
             run = _run_entry(sae, shape.width, settings.expansion)
-            batch = step_tokens(sae, shape, settings)
+            batch, rows = step_and_buffer(sae, shape, settings)
             config = dataclasses.replace(training_config(run, sae.seed), batch_size=batch)
             sae_config = sae_config_for_run(run, [shape.width], [sae.name])
             generator = torch.Generator().manual_seed(sae.seed)
             model = SparseAutoencoder(sae_config, generator=generator).to(device)
-            rows = buffer_rows(batch, settings.mix_samples, math.ceil(shape.tokens_per_sample))
             layers[sae.name] = LayerTrainer(sae.name, model, config, buffer_rows=rows, device=device,
                                             planned_steps=planned_steps(n_samples, shape, batch))
             self.runs[sae.name] = run
@@ -197,8 +202,7 @@ def train_online(encoder: Encoder, manifest_path: str | Path, saes: Sequence[Onl
         sizes = []
         for sae in chosen:
             shape = shapes[sae.layer]
-            batch = step_tokens(sae, shape, settings)
-            rows = buffer_rows(batch, settings.mix_samples, math.ceil(shape.tokens_per_sample))
+            batch, rows = step_and_buffer(sae, shape, settings)
             sizes.append((sae.name, _layer_bytes(shape.width, settings.expansion * shape.width, rows, batch)))
         budget = settings.memory_budget or float("inf")
         groups = layer_groups(sizes, budget)
