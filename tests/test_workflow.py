@@ -100,6 +100,9 @@ def test_paper_dag_builds(tmp_path):
         "figure_sweep": 4, "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7,
         "all": 1,
         # sharedness pairs: 182, and MambaVision with each of the 10 large models
+        # sharedness SAEs trained online: one job per encoder and dataset (15 on COCO, 7 on LAION and
+        # Flowers each), then one encoding job per SAE
+        "sharedness_online": 15 + 7 + 7,
         "sharedness_sae": sharedness_saes, "sharedness_saes_table": 1, "sharedness_pair": 182 + 10,
         "sharedness_table": 2 + 20 + 1, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 4, "sharedness_comparative_figure": 4, "sharedness_shuffle": 1,
