@@ -181,10 +181,12 @@ def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: Pla
         else:
             total = _count(listed, where, f"kinds.hub_image_text.repos.{repo}")
         fraction = float(options.get("test_fraction", sizes.get("default_test_fraction", 0.1)))
-        test = round(total.count * fraction) if fraction else total.count
-        share = 1 if not fraction else (1 - fraction if split == "train" else fraction)
-        count = Count(total.count - (test if fraction else 0) if split == "train" else test,
-                      f"{total.count} rows of {repo} ({total.source}) × {share:g}")
+        if fraction:  # a stable hold-out
+            test = round(total.count * fraction)
+            rows, share = (total.count - test, 1 - fraction) if split == "train" else (test, fraction)
+        else:  # no hold-out: both splits are every row
+            rows, share = total.count, 1
+        count = Count(rows, f"{total.count} rows of {repo} ({total.source}) × {share:g}")
     elif kind == "tuxpaint_stamps":
         fraction = float(entry.get("test_fraction", sizes.get("default_test_fraction", 0.2)))
         if math.isclose(fraction, float(sizes.get("default_test_fraction", 0.2))):
@@ -752,18 +754,19 @@ def training_costs(config: Mapping[str, Any], jobs: Sequence[TrainingJob], data:
                    devices: _Devices) -> list[CostRow]:
     sharedness_gpu = bool((config.get("sharedness") or {}).get("gpu"))
     rows = []
-    passes: dict[tuple[str, str], set[str]] = {}
+    # (dataset, encoder) of every online job → its modalities and training samples
+    passes: dict[tuple[str, str], tuple[set[str], int]] = {}
     for job in jobs:
         device = devices.of(job.rule, sharedness_gpu if job.family == "sharedness" else False)
         rows.append(_training_row(job, data, devices, device))
         if job.rule == "sharedness_online":
             encoder = config["sharedness"]["models"][job.job.split("/")[-2]]["encoder"]
-            passes.setdefault((job.dataset, encoder), set()).add(job.modality)
-    for (dataset, encoder), modalities in passes.items():  # the online jobs' encoder forward passes
+            samples = job.rows // max(job.tokens_per_sample, 1)
+            modalities, _ = passes.setdefault((job.dataset, encoder), (set(), samples))
+            modalities.add(job.modality)
+    for (dataset, encoder), (modalities, samples) in passes.items():  # the online jobs' encoder passes
         device = devices.of("sharedness_online", sharedness_gpu)
         found = {m: t for m, t in towers(config, encoder, data).items() if m in modalities}
-        samples = next(j.rows // max(j.tokens_per_sample, 1) for j in jobs
-                       if j.rule == "sharedness_online" and j.dataset == dataset)
         flops = samples * sum(t.flops(caption_tokens(config, dataset, data)) for t in found.values())
         seconds, rate = devices.seconds(device, "inference", flops)
         rows.append(CostRow("training", f"{online_job(dataset, encoder)}/encoder_pass",

@@ -162,6 +162,15 @@ def sae_entry(config: Mapping[str, Any], model: str) -> dict[str, Any]:
     return entry
 
 
+def layer_run(entry: Mapping[str, Any], width: int, expansion: int, name: str) -> dict[str, Any]:
+    """The sae_runs entry of one layer's SAE: the recipe with n_latents = expansion × width."""
+    run = {**copy.deepcopy(dict(entry)), "method": "topk", "n_latents": expansion * width}
+    if run["k"] > run["n_latents"]:
+        raise ConfigError(f"sharedness.sae.k: {run['k']} exceeds the {run['n_latents']} latents of "
+                          f"{name} (expansion {expansion} × width {width})")
+    return run
+
+
 def sae_seed(config: Mapping[str, Any], model: str) -> int:
     """The model's seed, else the recipe's, else the global seed."""
     seed = _section(config)["models"][model]["seed"]

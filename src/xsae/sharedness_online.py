@@ -42,6 +42,7 @@ from xsae.online_training import LayerTrainer, OnlineTrainer, buffer_rows, layer
 from xsae.progress import progress as progress_bar
 from xsae.runs import normalize_inputs, sae_config_for_run, training_config
 from xsae.sae import SparseAutoencoder
+from xsae.sharedness_config import layer_run
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,7 @@ def _probe(encoder: Encoder, modality: str, table: pd.DataFrame, manifest: Path,
 
 
 def _run_entry(sae: OnlineSAE, width: int, expansion: int) -> dict[str, Any]:
-    run = {**dict(sae.entry), "method": "topk", "n_latents": expansion * width}
-    if run["k"] > run["n_latents"]:
-        raise ConfigError(f"sharedness.sae.k: {run['k']} exceeds the {run['n_latents']} latents of "
-                          f"{sae.name} (expansion {expansion} × width {width})")
+    run = layer_run(sae.entry, width, expansion, sae.name)
     if run["epochs"] != 1:
         raise ConfigError(f"sharedness.sae.epochs: online training makes one pass over the data, got "
                           f"{run['epochs']}; set epochs: 1")
@@ -220,11 +218,7 @@ def train_online(encoder: Encoder, manifest_path: str | Path, saes: Sequence[Onl
                 summary["passes"].append(done)
             index += 1
         for sae in chosen:
-            history = pd.read_csv(log_file(partial, sae.model, sae.layer))
-            last = history.iloc[-1] if len(history) else {}
-            summary["saes"][sae.name] = {"steps": int(last.get("step", 0)),
-                                         "tokens": int(last.get("tokens", 0)),
-                                         "final_loss": float(last.get("loss", float("nan")))}
+            summary["saes"][sae.name] = history_summary(pd.read_csv(log_file(partial, sae.model, sae.layer)))
     (partial / CHECKPOINT).unlink(missing_ok=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -284,6 +278,13 @@ def _train_pass(encoder: Encoder, run_pass: _Pass, table: pd.DataFrame, manifest
              run_pass.index, len(run_pass.saes), samples, seconds, samples / max(seconds, 1e-9))
     return {"modality": modality, "saes": [sae.name for sae in run_pass.saes], "seconds": round(seconds, 3),
             "samples_per_s": round(samples / max(seconds, 1e-9), 1)}
+
+
+def history_summary(history: pd.DataFrame) -> dict[str, Any]:
+    """Steps, tokens seen and loss at the last logged interval of an online training log."""
+    last = history.iloc[-1] if len(history) else {}
+    return {"steps": int(last.get("step", 0)), "tokens": int(last.get("tokens", 0)),
+            "final_loss": float(last.get("loss", float("nan")))}
 
 
 def check_layer_output(folder: str | Path, model: str, layer: int) -> tuple[Path, Path]:

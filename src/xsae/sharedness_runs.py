@@ -21,7 +21,6 @@ the functions here train, encode and compare, on explicit paths, with or without
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -38,7 +37,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from xsae.errors import ConfigError, DataError
+from xsae.errors import DataError
 from xsae.features import StreamRef, read_sample_ids
 from xsae.io import atomic_path, read_npz, write_npz
 from xsae.metrics.sharedness import (
@@ -52,6 +51,7 @@ from xsae.metrics.sharedness import (
 )
 from xsae.runs import evaluate_reconstruction, normalize_inputs, resolve_device, train_run, write_metrics
 from xsae.sae import Codes, SparseAutoencoder, read_metadata
+from xsae.sharedness_config import layer_run
 from xsae.sharedness_tables import METRICS, PAIR_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -138,18 +138,15 @@ def train_layer_sae(entry: Mapping[str, Any], train_ref: StreamRef, test_ref: St
     if test_width != width:
         raise DataError(f"{test_ref.path}: {test_ref.key} has width {test_width}, the train split's "
                         f"{train_ref.path} has {width}")
-    run = {**copy.deepcopy(dict(entry)), "method": "topk", "n_latents": expansion * width}
-    if run["k"] > run["n_latents"]:
-        raise ConfigError(f"sharedness.sae.k: {run['k']} exceeds the {run['n_latents']} latents of "
-                          f"{train_ref.name or train_ref.key} (expansion {expansion} × width {width})")
+    run = layer_run(entry, width, expansion, train_ref.name or train_ref.key)
     start = time.perf_counter()
     summary = train_run(run, [train_ref], seed=seed, device=device, weights_path=weights_path,
                         log_path=log_path, checkpoint_path=checkpoint_path, progress=progress)
     summary["train_seconds"] = round(time.perf_counter() - start, 3)
     train_nmse = final_training_nmse(pd.read_csv(log_path))
-    return {**summary, **_encode_test(weights_path, test_ref, run, device=device, codes_path=codes_path,
-                                      reconstruction_path=reconstruction_path, labels=labels,
-                                      train_nmse=train_nmse)}
+    return {**summary, **_encode_test(weights_path, test_ref, width, run, device=device,
+                                      codes_path=codes_path, reconstruction_path=reconstruction_path,
+                                      labels=labels, train_nmse=train_nmse)}
 
 
 def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: StreamRef, *, device: str,
@@ -159,9 +156,15 @@ def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: S
     """The same outputs as `train_layer_sae` for an SAE its encoder's online job trained: its
     weights (a hard link where the file system allows, else a copy) and log, its test codes and
     held-out reconstruction rows."""
-    from xsae.sharedness_online import check_layer_output
+    from xsae.sharedness_online import check_layer_output, history_summary
 
     weights, history = check_layer_output(online_dir, model, layer)
+    metadata = read_metadata(weights)
+    run, trained_width = metadata["run"], metadata["sae_config"]["input_dims"][0]
+    width = layer_width(test_ref)
+    if width != trained_width:
+        raise DataError(f"{test_ref.path}: {test_ref.key} has width {width}, the SAE {weights} was trained "
+                        f"on width {trained_width}: rerun the sharedness_online job of this encoder")
     for source, target in ((weights, Path(weights_path)), (history, Path(log_path))):
         with atomic_path(target) as tmp:
             tmp.unlink()
@@ -169,19 +172,11 @@ def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: S
                 os.link(source, tmp)
             except OSError:
                 shutil.copyfile(source, tmp)
-    metadata = read_metadata(weights)
-    run, trained_width = metadata["run"], metadata["sae_config"]["input_dims"][0]
-    width = layer_width(test_ref)
-    if width != trained_width:
-        raise DataError(f"{test_ref.path}: {test_ref.key} has width {width}, the SAE {weights} was trained "
-                        f"on width {trained_width}: rerun the sharedness_online job of this encoder")
     trained = pd.read_csv(history)
-    last = trained.iloc[-1].to_dict() if len(trained) else {}
-    summary = {"steps": int(last.get("step", 0)), "tokens": int(last.get("tokens", 0)),
-               "final_loss": float(last.get("loss", float("nan")))}
-    return {**summary, **_encode_test(weights_path, test_ref, run, device=device, codes_path=codes_path,
-                                      reconstruction_path=reconstruction_path, labels=labels,
-                                      train_nmse=final_training_nmse(trained))}
+    return {**history_summary(trained),
+            **_encode_test(weights_path, test_ref, width, run, device=device, codes_path=codes_path,
+                           reconstruction_path=reconstruction_path, labels=labels,
+                           train_nmse=final_training_nmse(trained))}
 
 
 def final_training_nmse(history: pd.DataFrame) -> float:
@@ -192,14 +187,14 @@ def final_training_nmse(history: pd.DataFrame) -> float:
     return float(history[columns].iloc[-1].mean())
 
 
-def _encode_test(weights_path: str | Path, test_ref: StreamRef, run: Mapping[str, Any], *, device: str,
+def _encode_test(weights_path: str | Path, test_ref: StreamRef, width: int, run: Mapping[str, Any], *,
+                 device: str,
                  codes_path: str | Path, reconstruction_path: str | Path,
                  labels: Mapping[str, Any] | None, train_nmse: float) -> dict[str, Any]:
     """Write the SAE's codes of the test features and its held-out reconstruction rows, with the
     training NMSE beside the compared vectors' NMSE: an SAE reconstructs only the distribution it
     was trained on, so compared vectors that it reconstructs far worse (> `NMSE_GUARD` × and
     above `NMSE_FLOOR`) are not what it learned, and its codes of them say little (a warning)."""
-    width = layer_width(test_ref)
     layer_codes = encode_layer(weights_path, test_ref, input_norm=run["input_norm"], device=device)
     write_codes(codes_path, layer_codes)
     labels = {**(labels or {}), "width": width, "n_latents": run["n_latents"]}
