@@ -186,6 +186,20 @@ def test_init_tied_and_unit_norm():
     assert not torch.equal(make(dims=(9, 5), L=12, k=3, seed=1).dec_weight[0], model.dec_weight[0])
 
 
+def test_kaiming_uniform_init_is_pytorchs_on_the_authors_layout():
+    """W_enc [d, L] drawn by nn.init.kaiming_uniform_ (bound √(6/L)); W_dec = W_encᵀ at unit norm."""
+    d, L = 9, 24
+    model = SparseAutoencoder(SAEConfig(input_dims=(d,), n_latents=L, k=3, init="kaiming_uniform"),
+                              generator=torch.Generator().manual_seed(5))
+    reference = torch.nn.init.kaiming_uniform_(torch.empty(d, L), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(model.enc_weight[0], reference.t())
+    assert float(model.enc_weight[0].abs().max()) <= (6 / L) ** 0.5
+    torch.testing.assert_close(model.dec_weight[0], reference.t() / reference.t().norm(dim=1, keepdim=True))
+    torch.testing.assert_close(model.dec_weight[0].norm(dim=1), torch.ones(L))
+    with pytest.raises(ValueError, match="init must be one of"):
+        SAEConfig(input_dims=(d,), n_latents=L, k=3, init="xavier")
+
+
 def test_project_decoder_grads():
     model = make(dims=(6,), L=5, k=2)
     W = model.dec_weight[0]

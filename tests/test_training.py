@@ -417,3 +417,24 @@ print(all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters(
 """
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "True", "True"], result.stderr[-2000:]
+
+
+def test_decoder_normalised_once_at_init_is_plain_adam(small):
+    """decoder_norm at_init: no gradient projection and no renormalisation, so every parameter
+    takes exactly torch's Adam step on the loss's own gradient (the sharedness authors' trainer)."""
+    config = tcfg(epochs=1, batch_size=1000, decoder_norm="at_init", auxk_k=0, recon_loss="mse")
+    model, reference = fresh(), fresh()
+    train(model, [small], config, progress=False)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=config.lr)
+    loss, _, _ = compute_losses(reference, [small], config)
+    loss.backward()
+    optimizer.step()
+    for name, value in reference.named_parameters():
+        torch.testing.assert_close(dict(model.named_parameters())[name], value, rtol=1e-5, atol=1e-7)
+    norms = model.dec_weight[0].norm(dim=1)
+    assert float((norms - 1).abs().max()) > 1e-4  # free to move off the unit sphere
+    renormalised = fresh()
+    train(renormalised, [small], dataclasses.replace(config, decoder_norm="every_step"), progress=False)
+    torch.testing.assert_close(renormalised.dec_weight[0].norm(dim=1), torch.ones(64))
+    with pytest.raises(ValueError, match="decoder_norm must be one of"):
+        tcfg(decoder_norm="sometimes")

@@ -76,7 +76,7 @@ def sae_config_for_run(run: dict[str, Any], input_dims: Sequence[int],
     """
     method, n = run["method"], len(input_dims)
     common = {"input_dims": tuple(input_dims), "k": run["k"], "activation": run["activation"],
-              "stream_names": tuple(stream_names)}
+              "stream_names": tuple(stream_names), "init": run["init"]}
     if method in ("topk", "sparc"):
         return SAEConfig(n_latents=run["n_latents"], topk=run["topk"], **common)
     if method == "shared":
@@ -113,6 +113,7 @@ def training_config(run: dict[str, Any], seed: int) -> TrainingConfig:
                           optimizer=run["optimizer"], weight_decay=run["weight_decay"],
                           grad_clip=run["grad_clip"], grad_clip_scope=scope,
                           lr_schedule=run["lr_schedule"], warmup_fraction=run["warmup_fraction"],
+                          decoder_norm=run["decoder_norm"],
                           log_every=run["log_every"], checkpoint_every=run["checkpoint_every"],
                           seed=seed)
 

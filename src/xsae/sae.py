@@ -41,6 +41,8 @@ from torch import nn
 from xsae.errors import DataError
 from xsae.io import atomic_path
 
+SAE_INITS = ("unit_tied", "kaiming_uniform")
+
 
 @dataclass(frozen=True)
 class SAEConfig:
@@ -54,12 +56,18 @@ class SAEConfig:
     activation: str = "topk"
     #: One encoder, decoder, pre-bias and latent bias for all streams (equal input widths, Local TopK).
     shared_weights: bool = False
+    #: "unit_tied": random unit directions for the decoder, the encoder its copy. "kaiming_uniform":
+    #: encoder entries U(±√(6/n_latents)) (PyTorch's Kaiming-uniform of the [d, n_latents] W_enc, as
+    #: the sharedness authors initialise it), decoder the same rows at unit norm.
+    init: str = "unit_tied"
 
     def __post_init__(self) -> None:
         if self.topk not in ("global", "local"):
             raise ValueError(f"topk must be 'global' or 'local', got {self.topk!r}")
         if self.activation not in ("topk", "batchtopk"):
             raise ValueError(f"activation must be 'topk' or 'batchtopk', got {self.activation!r}")
+        if self.init not in SAE_INITS:
+            raise ValueError(f"init must be one of {SAE_INITS}, got {self.init!r}")
         if not 1 <= self.k <= self.n_latents:
             raise ValueError(f"k={self.k} must be in [1, n_latents={self.n_latents}]")
         if not self.stream_names:
@@ -293,6 +301,19 @@ class StreamParameters(nn.ParameterList):
         return iter([super(StreamParameters, self).__getitem__(i) for i in range(len(self))])
 
 
+def _tied_init(init: str, n_latents: int, width: int,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(encoder, decoder) rows `[n_latents, width]` along the same directions, decoder rows unit norm."""
+    if init == "kaiming_uniform":
+        # PyTorch's Kaiming-uniform of the [width, n_latents] matrix x @ W_enc uses: fan-in n_latents.
+        w_enc = nn.init.kaiming_uniform_(torch.empty(width, n_latents), generator=generator)
+        encoder = w_enc.t().contiguous()
+        return encoder, encoder / encoder.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    directions = torch.randn(n_latents, width, generator=generator)
+    directions /= directions.norm(dim=1, keepdim=True)
+    return directions.clone(), directions
+
+
 class SparseAutoencoder(nn.Module):
     def __init__(self, config: SAEConfig, *, generator: torch.Generator | None = None):
         super().__init__()
@@ -302,11 +323,9 @@ class SparseAutoencoder(nn.Module):
         widths = [config.input_dims[slots.index(i)] for i in range(max(slots) + 1)]
         encoders, decoders = [], []
         for d in widths:
-            # Tied init: random unit directions for the decoder, the encoder its transpose.
-            directions = torch.randn(L, d, generator=generator)
-            directions /= directions.norm(dim=1, keepdim=True)
-            decoders.append(nn.Parameter(directions.clone()))
-            encoders.append(nn.Parameter(directions.clone()))
+            encoder, decoder = _tied_init(config.init, L, d, generator)
+            encoders.append(nn.Parameter(encoder))
+            decoders.append(nn.Parameter(decoder))
         self.pre_bias = StreamParameters([nn.Parameter(torch.zeros(d)) for d in widths], slots)
         self.lat_bias = StreamParameters([nn.Parameter(torch.zeros(L)) for _ in widths], slots)
         self.enc_weight = StreamParameters(encoders, slots)

@@ -41,6 +41,7 @@ from xsae.sae import Codes, SparseAutoencoder, decode_sparse_many
 log = logging.getLogger(__name__)
 
 RECON_LOSSES = ("nmse", "mse", "fvu")
+DECODER_NORMS = ("every_step", "at_init")
 ALIGNMENT_KINDS = ("none", "iso_energy", "iso_energy_cosine", "group_sparse")
 #: λ when no weight is given: the centres of the heterogeneity paper's synthetic λ sweep (Figure 6),
 #: each "the default value in the original paper"; its CC-3M runs use iso_energy 1e-4.
@@ -119,6 +120,10 @@ class TrainingConfig:
     #: this fraction of the steps.
     lr_schedule: str = "constant"
     warmup_fraction: float = 0.0
+    #: "every_step": decoder rows renormalised to unit norm after each step, their gradient's
+    #: radial part removed before it (Gao et al.; SPARC). "at_init": normalised once when built,
+    #: free afterwards (the sharedness authors' SAEs).
+    decoder_norm: str = "every_step"
     log_every: int = 10
     checkpoint_every: int = 1000
     seed: int = 0
@@ -129,7 +134,7 @@ class TrainingConfig:
         choices = {"loss_reduction": ("mean", "sum"), "sampler": ("permutation", "contiguous_blocks"),
                    "autocast": ("none", "bf16"), "recon_loss": RECON_LOSSES,
                    "optimizer": ("adam", "adamw"), "grad_clip_scope": ("all", "stream"),
-                   "lr_schedule": ("constant", "cosine")}
+                   "lr_schedule": ("constant", "cosine"), "decoder_norm": DECODER_NORMS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -485,7 +490,7 @@ def take_step(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, batch:
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimisation step on one batch, the same wherever the batch comes from (a feature file
     or an encoder's live tokens): losses, backward, decoder-gradient projection, clipping, the
-    optimizer at `lr`, decoder renormalisation, dead-latent counters and the scheduled
+    optimizer at `lr`, decoder renormalisation (when configured), dead-latent counters and the scheduled
     re-initialisation. `dead_bounds` are host-side upper bounds of each stream's steps since a
     latent fired (`dead_latent_bounds`); they only decide whether AuxK work is needed."""
     for group in optimizer.param_groups:
@@ -495,11 +500,14 @@ def take_step(model: SparseAutoencoder, optimizer: torch.optim.Optimizer, batch:
         loss, components, codes = compute_losses(model, batch, config, aux_streams=aux_streams)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    model.project_decoder_grads()
+    renormalise = config.decoder_norm == "every_step"
+    if renormalise:
+        model.project_decoder_grads()
     if config.grad_clip is not None:  # after the projection: it bounds the step actually taken
         components["grad_norm"] = clip_gradients(model, config.grad_clip, config.grad_clip_scope)
     step_optimizer(optimizer)
-    model.normalize_decoder()
+    if renormalise:
+        model.normalize_decoder()
     model.update_dead_counters(codes, config.dead_threshold)
     if config.reinit_every and step > 0 and (step + 1) % config.reinit_every == 0:
         # Seeded by the step, so that a resumed run draws the same noise.
