@@ -18,6 +18,7 @@ from xsae.tables import SPARC_TABLES  # noqa: E402
 from xsae import registry  # noqa: E402
 from xsae.resources import ResourceTable  # noqa: E402
 from xsae.plan import dataset_splits as plan_dataset_splits  # noqa: E402
+from xsae.code_fingerprint import fingerprint as code_fingerprint  # noqa: E402
 
 config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
 
@@ -59,6 +60,19 @@ SOURCE_DATASETS = _names_pattern(
 PROMPT_DATASETS = _names_pattern(
     name for name, entry in config["datasets"].items() if entry["kind"] == "class_prompts"
 )
+
+
+def library_code(script):
+    """Param: the fingerprint of the library code a rule's script or notebook can run, so that a
+    change to that code (not to comments or docstrings) reruns the rule, and only such rules."""
+    folder = "notebooks" if script.endswith(".ipynb") else "scripts"
+    path = os.path.join(workflow.basedir, "workflow", folder, script)
+
+    @functools.cache
+    def value():
+        return code_fingerprint(path, cache=os.path.join(".snakemake", "xsae-library-code.json"))
+
+    return lambda wildcards: value()
 
 
 def dataset_splits(dataset):

@@ -8,6 +8,7 @@ rule download_tuxpaint:
         record="resources/datasets/{dataset}/download.json",
     params:
         dataset=dataset_entry,
+        library_code=library_code("download_tuxpaint.py"),
     log:
         "results/logs/download_tuxpaint/{dataset}.log",
     conda:
@@ -27,6 +28,7 @@ rule download_dataset:
         record="resources/datasets/{dataset}/download.json",
     params:
         dataset=dataset_entry,
+        library_code=library_code("download_dataset.py"),
     log:
         "results/logs/download_dataset/{dataset}.log",
     conda:

@@ -9,6 +9,7 @@ rule evaluate_reconstruction:
         run=run_entry,
         streams=run_streams,
         device=config["device"],
+        library_code=library_code("evaluate_reconstruction.py"),
     resources:
         **job_resources("evaluate_reconstruction"),
     threads: rule_threads("evaluate_reconstruction")
@@ -35,6 +36,7 @@ rule evaluate_sparc:
         streams=run_streams,
         evaluation=config["evaluation"],
         device=config["device"],
+        library_code=library_code("evaluate_sparc.py"),
     resources:
         **job_resources("evaluate_sparc"),
     threads: rule_threads("evaluate_sparc")

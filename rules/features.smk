@@ -8,6 +8,7 @@ rule extract_features:
         encoder=encoder_entry,
         device=config["device"],
         modalities=dataset_modalities,
+        library_code=library_code("extract_features.py"),
     resources:
         **job_resources("extract_features"),
     threads: rule_threads("extract_features")

@@ -17,6 +17,7 @@ rule align_sae:
         run=run_entry,
         streams=run_streams,
         device=config["device"],
+        library_code=library_code("align_sae.py"),
     resources:
         **job_resources("align_sae"),
     threads: rule_threads("align_sae")
@@ -44,6 +45,7 @@ rule evaluate_comparison:
         run=run_entry,
         seed=run_seed_of,
         device=config["device"],
+        library_code=library_code("evaluate_comparison.py"),
     resources:
         **job_resources("evaluate_comparison"),
     threads: rule_threads("evaluate_comparison")
@@ -72,6 +74,7 @@ rule table_comparison:
     params:
         members=comparison_members,
         spec=lambda wildcards: config["comparisons"][wildcards.comparison],
+        library_code=library_code("table_comparison.py"),
     resources:
         **job_resources("table_comparison"),
     threads: rule_threads("table_comparison")
@@ -98,6 +101,7 @@ rule figure_steering:
         csv="results/tables/steering_{comparison}.csv",
     params:
         members=comparison_members,
+        library_code=library_code("figure_steering.py"),
     resources:
         **job_resources("figure_steering"),
     threads: rule_threads("figure_steering")
@@ -123,6 +127,7 @@ rule figure_monosemanticity:
         pdf="results/figures/monosemanticity_{comparison}.pdf",
     params:
         members=comparison_members,
+        library_code=library_code("figure_monosemanticity.py"),
     resources:
         **job_resources("figure_monosemanticity"),
     threads: rule_threads("figure_monosemanticity")
@@ -146,6 +151,7 @@ rule decoder_directions:
         streams=run_streams,
         seed=run_seed_of,
         device=config["device"],
+        library_code=library_code("decoder_directions.py"),
     resources:
         **job_resources("decoder_directions"),
     threads: rule_threads("decoder_directions")
@@ -173,6 +179,7 @@ rule figure_decoder_directions:
         pdf="results/figures/decoder_directions_{figure}.pdf",
     params:
         runs=lambda wildcards: config["decoder_directions"][wildcards.figure],
+        library_code=library_code("figure_decoder_directions.py"),
     wildcard_constraints:
         figure="[A-Za-z0-9_]+",
     resources:

@@ -11,6 +11,7 @@ rule manifest:
         labels=LABELS,
     params:
         dataset=dataset_entry,
+        library_code=library_code("manifest.py"),
     resources:
         **job_resources("manifest"),
     threads: rule_threads("manifest")
@@ -34,6 +35,7 @@ rule manifest_labelled:
         labels=LABELS,
     params:
         dataset=dataset_entry,
+        library_code=library_code("manifest_labelled.py"),
     resources:
         **job_resources("manifest_labelled"),
     threads: rule_threads("manifest_labelled")
@@ -60,6 +62,7 @@ rule manifest_prompts:
         classes_of=lambda wildcards: config["datasets"][
             config["datasets"][wildcards.dataset]["classes_of"]
         ],
+        library_code=library_code("manifest_prompts.py"),
     resources:
         **job_resources("manifest_prompts"),
     threads: rule_threads("manifest_prompts")

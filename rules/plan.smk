@@ -34,6 +34,7 @@ rule plan_table:
     params:
         config=PLAN_CONFIG,
         expansion=PLAN_EXPANSION,
+        library_code=library_code("plan_table.py"),
     localrule: True
     log:
         "results/logs/plan_table.log",

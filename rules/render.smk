@@ -13,6 +13,7 @@ rule table_reconstruction:
         tex="results/tables/reconstruction.tex",
     params:
         table=config["tables"].get("reconstruction"),
+        library_code=library_code("table_reconstruction.py"),
     resources:
         **job_resources("table_reconstruction"),
     threads: rule_threads("table_reconstruction")
@@ -36,6 +37,8 @@ rule figure_training:
             subcategory="SAE training",
         ),
         pdf="results/figures/sae_training_{run}.pdf",
+    params:
+        library_code=library_code("figure_training.py"),
     resources:
         **job_resources("figure_training"),
     threads: rule_threads("figure_training")
@@ -65,6 +68,7 @@ rule figure_dataset_overview:
     params:
         n_examples=config["figures"]["n_examples"],
         seed=config["seed"],
+        library_code=library_code("dataset_overview.py.ipynb"),
     resources:
         **job_resources("figure_dataset_overview"),
     threads: rule_threads("figure_dataset_overview")
@@ -93,6 +97,7 @@ rule table_sparc:
     params:
         spec=sparc_set,
         streams=sparc_table_streams,
+        library_code=library_code("table_sparc.py"),
     resources:
         **job_resources("table_sparc"),
     threads: rule_threads("table_sparc")
@@ -120,6 +125,7 @@ rule figure_sweep:
     params:
         members=sweep_members,
         parameter=sweep_parameter,
+        library_code=library_code("figure_sweep.py"),
     resources:
         **job_resources("figure_sweep"),
     threads: rule_threads("figure_sweep")
@@ -147,6 +153,7 @@ rule figure_top_activations:
     params:
         n_latents=4,
         per_stream=5,
+        library_code=library_code("figure_top_activations.py"),
     resources:
         **job_resources("figure_top_activations"),
     threads: rule_threads("figure_top_activations")

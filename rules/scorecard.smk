@@ -18,6 +18,8 @@ rule scorecard:
             caption="../workflow/report/scorecard.rst",
             category="Scorecard",
         ),
+    params:
+        library_code=library_code("scorecard.py"),
     resources:
         **job_resources("scorecard"),
     threads: rule_threads("scorecard")

@@ -20,6 +20,7 @@ rule sharedness_online:
         expansion=SHAREDNESS["expansion"],
         encoder=encoder_entry,
         device=config["device"],
+        library_code=library_code("sharedness_online.py"),
     resources:
         **job_resources("sharedness_online"),
     threads: rule_threads("sharedness_online")
@@ -47,6 +48,7 @@ rule sharedness_sae:
         expansion=SHAREDNESS["expansion"],
         training_data=SHAREDNESS["training_data"],
         device=config["device"],
+        library_code=library_code("sharedness_sae.py"),
     wildcard_constraints:
         model=SHAREDNESS_MODEL_NAMES,
         layer="[0-9]{2}",
@@ -74,6 +76,8 @@ rule sharedness_saes_table:
         ),
         md="results/tables/sharedness_saes.md",
         tex="results/tables/sharedness_saes.tex",
+    params:
+        library_code=library_code("sharedness_saes_table.py"),
     resources:
         **job_resources("sharedness_saes_table"),
     threads: rule_threads("sharedness_saes_table")
@@ -95,6 +99,7 @@ rule sharedness_pair:
         layers=sharedness_pair_layers,
         compare=SHAREDNESS["compare"],
         device=config["device"],
+        library_code=library_code("sharedness_pair.py"),
     wildcard_constraints:
         model_a=SHAREDNESS_MODEL_NAMES,
         model_b=SHAREDNESS_MODEL_NAMES,
@@ -126,6 +131,7 @@ rule sharedness_table:
     params:
         spec=sharedness_table_spec,
         facts=sharedness_table_facts,
+        library_code=library_code("sharedness_table.py"),
     wildcard_constraints:
         table=_names_pattern(SHAREDNESS["tables"]),
     resources:
@@ -156,6 +162,7 @@ rule sharedness_average:
     params:
         spec=sharedness_average_spec,
         facts=sharedness_average_facts,
+        library_code=library_code("sharedness_average.py"),
     wildcard_constraints:
         table=_names_pattern(SHAREDNESS["averages"]),
     resources:
@@ -185,6 +192,7 @@ rule sharedness_layerwise:
     params:
         spec=sharedness_layerwise_spec,
         facts=sharedness_layerwise_facts,
+        library_code=library_code("sharedness_layerwise.py"),
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["layerwise"]),
     resources:
@@ -210,6 +218,7 @@ rule sharedness_comparative:
         spec=sharedness_comparative_spec,
         compare=SHAREDNESS["compare"],
         device=config["device"],
+        library_code=library_code("sharedness_comparative.py"),
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["comparative"]),
     resources:
@@ -240,6 +249,7 @@ rule sharedness_comparative_figure:
     params:
         spec=sharedness_comparative_spec,
         facts=sharedness_comparative_facts,
+        library_code=library_code("sharedness_comparative_figure.py"),
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["comparative"]),
     resources:
@@ -264,6 +274,7 @@ rule sharedness_shuffle:
         compare=SHAREDNESS["compare"],
         seed=config["seed"],
         device=config["device"],
+        library_code=library_code("sharedness_shuffle.py"),
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["shuffle"]),
     resources:
@@ -294,6 +305,7 @@ rule sharedness_shuffle_table:
     params:
         spec=sharedness_shuffle_spec,
         facts=sharedness_shuffle_facts,
+        library_code=library_code("sharedness_shuffle_table.py"),
     wildcard_constraints:
         name=_names_pattern(SHAREDNESS["shuffle"]),
     resources:

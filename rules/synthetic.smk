@@ -13,6 +13,7 @@ rule synthetic_data:
         truth=f"{SYNTHETIC_DATA}/truth.npz",
     params:
         spec=SYNTHETIC,
+        library_code=library_code("synthetic_data.py"),
     resources:
         **job_resources("synthetic_data"),
     threads: rule_threads("synthetic_data")
@@ -37,6 +38,7 @@ rule synthetic_run:
     params:
         spec=SYNTHETIC,
         device=config["device"],
+        library_code=library_code("synthetic_run.py"),
     resources:
         **job_resources("synthetic_run"),
     threads: rule_threads("synthetic_run")
@@ -63,6 +65,7 @@ rule figure_synthetic:
         csv="results/tables/synthetic_{figure}.csv",
     params:
         spec=SYNTHETIC,
+        library_code=library_code("figure_synthetic.py"),
     resources:
         **job_resources("figure_synthetic"),
     threads: rule_threads("figure_synthetic")

@@ -10,6 +10,7 @@ rule train_sae:
         streams=run_streams,
         seed=run_seed_of,
         device=config["device"],
+        library_code=library_code("train_sae.py"),
     resources:
         **job_resources("train_sae"),
     threads: rule_threads("train_sae")

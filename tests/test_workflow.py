@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,6 +270,46 @@ def test_changing_one_sae_parameter_reruns_only_what_depends_on_it(finished_run)
         "train_sae": 1, "evaluate_reconstruction": 1, "figure_training": 1, "evaluate_sparc": 1,
         "table_sparc": 5, "figure_top_activations": 1, "scorecard": 1, "plan_table": 1, "all": 1,
     }
+
+
+def workflow_copy(destination: Path) -> Path:
+    """The workflow and its library, copied so that a test can edit the library's code."""
+    destination.mkdir(parents=True)
+    for part in ("Snakefile", "rules", "workflow", "src", "config", "envs"):
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / part)
+    return destination / "Snakefile"
+
+
+def test_a_library_change_reruns_only_the_rules_that_run_it(finished_run, tmp_path):
+    """Snakemake's code trigger sees only `script:` files: the `library_code` param makes a change
+    to one line of `xsae.metrics.retrieval` rerun the rules whose scripts reach it (evaluate_sparc)
+    and what depends on them, and a docstring or comment edit rerun nothing."""
+    workdir, configfile = finished_run
+    snakefile = workflow_copy(tmp_path / "repo")
+    retrieval = tmp_path / "repo/src/xsae/metrics/retrieval.py"
+    code = retrieval.read_text(encoding="utf-8")
+
+    def planned(text: str) -> dict[str, int]:
+        assert text == code or text != retrieval.read_text(encoding="utf-8")  # each edit edits
+        retrieval.write_text(text, encoding="utf-8")
+        return planned_jobs(workdir, configfile, "-s", str(snakefile))
+
+    # the copy's config files have other paths: the rules reading them rerun in any case
+    baseline = planned(code)
+    assert baseline == {"plan_table": 1, "scorecard": 1, "all": 1}
+    reworded = code.replace('"""R@1/5/10 (fraction', '"""Recall at 1/5/10 (fraction', 1)
+    commented = reworded.replace('    metrics["MRR"] =', '    # reciprocal ranks\n    metrics["MRR"] =', 1)
+    assert planned(commented) == baseline
+    assert planned(code.replace("(1.0 / values).mean()", "np.mean(1.0 / values)", 1)) == baseline | {
+        "evaluate_sparc": 5, "table_sparc": 5, "figure_top_activations": 4,
+        "evaluate_comparison": 4, "table_comparison": 1, "figure_steering": 1, "figure_monosemanticity": 1,
+    }
+    record = json.loads((workdir / "results/metrics/sparc_global_l0/sparc_test.csv.prov.json").read_text())
+    assert len(record["params"]["library_code"]) == 16
 
 
 @pytest.mark.slow
