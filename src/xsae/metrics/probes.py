@@ -115,15 +115,28 @@ def _positive_rows(labels, n_rows: int, mask: np.ndarray) -> tuple[np.ndarray, n
         if dense.ndim != 2:
             raise ValueError(f"labels must be [N, C], got shape {dense.shape}")
         n_classes = dense.shape[1]
-        rows, classes = np.nonzero(dense)
-        order = np.argsort(classes, kind="stable")  # class-major, rows increasing within a class
+        rows, classes = _nonzero(dense)
+        keys = classes.astype(np.int16 if n_classes <= np.iinfo(np.int16).max else np.int64)
+        order = np.argsort(keys, kind="stable")  # class-major, rows increasing (radix sort on int16)
         rows, classes = rows[order], classes[order]
     if labels.shape[0] != n_rows:
         raise ValueError(f"labels have {labels.shape[0]} rows, codes have {n_rows}")
-    keep = mask[rows]
-    classes, rows = classes[keep], rows[keep].astype(np.int64)
+    if not mask.all():
+        keep = mask[rows]
+        classes, rows = classes[keep], rows[keep]
+    rows = rows.astype(np.int64, copy=False)
     indptr = np.concatenate([[0], np.cumsum(np.bincount(classes, minlength=n_classes))])
     return indptr, rows
+
+
+def _nonzero(dense: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero of a 2-D array, scanning a sparse bool matrix eight entries per word."""
+    if dense.dtype != np.bool_ or not dense.flags.c_contiguous or dense.size % 8:
+        return np.nonzero(dense)
+    words = np.flatnonzero(dense.reshape(-1).view(np.uint64))
+    within = np.flatnonzero(dense.reshape(-1, 8)[words])
+    flat = words[within >> 3] * 8 + (within & 7)
+    return np.divmod(flat, dense.shape[1])
 
 
 # ---- sampling and splitting -------------------------------------------------------------------
@@ -180,8 +193,9 @@ def _balance_and_split(task: int, positives: np.ndarray, n_negatives: int, negat
         return None
     rng = np.random.default_rng(1000 + task)
     if n_negatives > m:
-        # Same draw as rng.choice(negatives, m, replace=False), without listing every negative.
-        negatives = np.sort(negatives_at(rng.choice(n_negatives, size=m, replace=False)))
+        # Same draw as rng.choice(negatives, m, replace=False), without listing every negative
+        # (negatives_at is increasing, so sorting the ranks sorts the rows).
+        negatives = negatives_at(np.sort(rng.choice(n_negatives, size=m, replace=False)))
     else:
         negatives = negatives_at(np.arange(n_negatives))
         if n_pos > m:
@@ -219,7 +233,8 @@ def task_splits(labels, *, mask=None, min_positives: int = 50) -> list[TaskSplit
     for task in np.flatnonzero(np.diff(indptr) >= min_positives):
         positives = positive_rows[indptr[task]:indptr[task + 1]]
         # The negative of rank r is labelled[r + #positives preceded by at most r negatives].
-        before = np.searchsorted(labelled, positives) - np.arange(positives.size)
+        position = positives if labelled.size == n_rows else np.searchsorted(labelled, positives)
+        before = position - np.arange(positives.size)
 
         def negatives_at(ranks, before=before):
             return labelled[ranks + np.searchsorted(before, ranks, side="right")]
@@ -358,24 +373,142 @@ def _chunks(sizes: np.ndarray, chunk_rows: int):
 def _top_candidates(n_pos: np.ndarray, n_active: np.ndarray, n_candidates: int) -> np.ndarray:
     """`[T, K]` candidates from `[T, L]` training counts (−1 where fewer latents are active)."""
     n_tasks, n_latents = n_pos.shape
-    latent = np.arange(n_latents, dtype=np.int64)
-    # Unique per task: more positive training activations first, then the lower latent index.
-    score = np.where(n_active > 0, n_pos * n_latents + (n_latents - 1 - latent), -1)
+    small = (int(n_pos.max(initial=0)) + 1) * n_latents < np.iinfo(np.int32).max
+    latent = np.arange(n_latents, dtype=np.int32 if small else np.int64)
+    # Unique per task, smallest first: more positive training activations, then the lower index.
+    rank = np.where(n_active > 0, latent - (n_latents - 1) - n_pos.astype(latent.dtype) * n_latents, 1)
     K = min(n_candidates, n_latents)
-    top = np.argpartition(-score, K - 1, axis=1)[:, :K] if n_latents > K else np.tile(latent, (n_tasks, 1))
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(score, top, 1), axis=1, kind="stable"), 1)
+    top = np.argpartition(rank, K - 1, axis=1)[:, :K] if n_latents > K else np.tile(latent, (n_tasks, 1))
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(rank, top, 1), axis=1, kind="stable"), 1)
     out = np.full((n_tasks, n_candidates), -1, dtype=np.int64)
-    out[:, :K] = np.where(np.take_along_axis(score, top, 1) >= 0, top, -1)
+    out[:, :K] = np.where(np.take_along_axis(rank, top, 1) <= 0, top, -1)
     return out
 
 
-#: the six row categories (split, label), in the order rows are laid out within a chunk
+#: the six row categories (split, label), in the order rows are laid out within a task
 _CATEGORIES = [(split, y) for split in (TRAIN, VAL, TEST) for y in (1, 0)]
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Every task's rows in category order, concatenated: task t owns rows[offsets[t]:offsets[t+1]],
+    and its category c (index into _CATEGORIES) the sub-range starting at starts[t, c]."""
+
+    rows: np.ndarray  # [R] int64
+    offsets: np.ndarray  # [T+1]
+    starts: np.ndarray  # [T, 7]: category boundaries, absolute positions in `rows`
+
+    def category(self, t: int, c: int) -> np.ndarray:
+        return self.rows[self.starts[t, c]:self.starts[t, c + 1]]
+
+
+def _layout(splits: list[TaskSplit]) -> _Layout:
+    parts, starts, offset = [], np.zeros((len(splits), 7), dtype=np.int64), 0
+    for t, split in enumerate(splits):
+        category = (2 * split.split + ~split.y).astype(np.int8)
+        order = np.argsort(category, kind="stable")  # a radix sort on 8-bit keys
+        parts.append(split.rows[order])
+        starts[t] = offset + np.searchsorted(category[order], np.arange(7))
+        offset += split.rows.size
+    rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    offsets = np.concatenate([starts[:, 0], [offset]]) if len(splits) else np.zeros(1, np.int64)
+    return _Layout(rows, offsets, starts)
+
+
+def _rank_candidates(layout: _Layout, active: np.ndarray, n_latents: int, n_candidates: int,
+                     chunk_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """`[T, K]` candidates (step 5) and how many positive training rows each fires on: counts of
+    each latent on each task's positive training rows; its negative training rows are counted
+    only for a task where fewer than K latents fire on its positives (only then can a latent
+    active on negatives alone be among the top K).
+
+    `active`: `[N, k]` latent of each code entry that fires (> 0), `n_latents` where it does not.
+    """
+    T, L = layout.starts.shape[0], n_latents
+    candidates = np.full((T, n_candidates), -1, dtype=np.int64)
+    positives = np.zeros((T, n_candidates), dtype=np.int64)
+    sizes = layout.starts[:, 1] - layout.starts[:, 0]
+
+    def counts(t: int, category: int) -> np.ndarray:
+        return np.bincount(np.take(active, layout.category(t, category), axis=0).ravel(), minlength=L + 1)[:L]
+
+    for t0, t1 in _chunks(sizes, chunk_rows):
+        n_pos = np.stack([counts(t, 0) for t in range(t0, t1)])
+        n_active = n_pos.copy()
+        for t in np.flatnonzero(np.count_nonzero(n_pos, axis=1) < n_candidates):
+            n_active[t] += counts(t0 + t, 1)
+        chosen = _top_candidates(n_pos, n_active, n_candidates)
+        candidates[t0:t1] = chosen
+        positives[t0:t1] = np.where(chosen >= 0, np.take_along_axis(n_pos, np.maximum(chosen, 0), 1), 0)
+    return candidates, positives
+
+
+def _feature_table(idx: np.ndarray, val: np.ndarray, latents: np.ndarray, binarize: bool) -> np.ndarray:
+    """`[len(latents), N]`: each listed latent's feature on every row (z > 0, or the raw value).
+
+    With `binarize`, `idx` is the firing latents' table (`active`: non-firing entries hold an
+    index past every latent) and `val` is not read."""
+    column = np.full(int(max(idx.max(initial=0), latents.max(initial=0))) + 1, -1, dtype=np.int32)
+    column[latents] = np.arange(latents.size)
+    n_rows = idx.shape[0]
+    table = np.zeros((latents.size, n_rows), dtype=bool if binarize else val.dtype)
+    hit = np.flatnonzero(np.take(column >= 0, idx) & (True if binarize else val != 0))
+    rows = hit // idx.shape[1]
+    table[np.take(column, idx.ravel()[hit]), rows] = True if binarize else val.ravel()[hit]
+    return table
+
+
+def _candidate_features(layout: _Layout, candidates: np.ndarray, positives: np.ndarray, idx: np.ndarray,
+                        val: np.ndarray, active: np.ndarray, binarize: bool, table_bytes: int):
+    """Per task and candidate, the rows of each category where its feature is non-zero (`[T, K, 6]`
+    counts) and, for raw values, those non-zero entries (problem t·K + slot, value) per category.
+    Binarised features on positive training rows are the ranking's counts (`positives`).
+
+    The candidates' features are gathered from a dense latent × row table of as many tasks'
+    candidates at once as `table_bytes` allows, so each task costs K gathers of its own rows.
+    """
+    T, K = candidates.shape
+    n_rows = idx.shape[0]
+    n1 = np.zeros((T, K, 6), dtype=np.int64)
+    entries: list[list] = [[] for _ in _CATEGORIES]
+    first = 1 if binarize else 0  # the category the gathers start at
+    if binarize:
+        n1[..., 0] = positives
+    per_latent = n_rows * (1 if binarize else val.itemsize)
+    t0 = 0
+    while t0 < T:
+        group, t1 = set(), t0
+        while t1 < T:
+            grown = group | set(candidates[t1][candidates[t1] >= 0].tolist())
+            if t1 > t0 and len(grown) * per_latent > table_bytes:
+                break
+            group, t1 = grown, t1 + 1
+        latents = np.array(sorted(group), dtype=np.int64)
+        table = _feature_table(active if binarize else idx, val, latents, binarize)
+        slot = np.searchsorted(latents, candidates[t0:t1])
+        for t in range(t0, t1):
+            rows = layout.rows[layout.starts[t, first]:layout.offsets[t + 1]]
+            cuts = layout.starts[t, first:6] - layout.starts[t, first]
+            valid = np.flatnonzero(candidates[t] >= 0)
+            features = np.empty((valid.size, rows.size), dtype=table.dtype)
+            for i, k in enumerate(valid):
+                np.take(table[slot[t - t0, k]], rows, out=features[i])
+            nonzero = features if binarize else features != 0
+            n1[t, valid, first:] = np.add.reduceat(nonzero, cuts, axis=1, dtype=np.int64)
+            if not binarize:
+                bounds = [*cuts, rows.size]
+                for c in range(6):
+                    block = features[:, bounds[c]:bounds[c + 1]]
+                    which, _ = np.nonzero(block)
+                    entries[c].append((t * K + valid[which], block[block != 0]))
+        t0 = t1
+    return n1, entries
 
 
 def evaluate_1d_probes(codes: Codes | np.ndarray | torch.Tensor | sp.spmatrix, labels, *, n_latents: int,
                        mask=None, min_positives: int = 50, n_candidates: int = 20, binarize: bool = True,
-                       C: float = 1.0, chunk_rows: int = 65536) -> ProbeResult:
+                       C: float = 1.0, chunk_rows: int = 65536,
+                       table_bytes: int = 256 * 2**20) -> ProbeResult:
     """1-D probe losses of one stream's codes on every task (see the module docstring).
 
     `codes`: `Codes` (values/indices `[N, k]`) or dense `[N, L]` (numpy, torch or scipy.sparse).
@@ -390,51 +523,14 @@ def evaluate_1d_probes(codes: Codes | np.ndarray | torch.Tensor | sp.spmatrix, l
         raise ValueError(f"labels have {labels.shape[0]} rows, codes have {idx_codes.shape[0]}")
     splits = task_splits(labels, mask=mask, min_positives=min_positives)
     T, K, L = len(splits), n_candidates, n_latents
-    sizes = np.array([s.rows.size for s in splits], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    rows_all = np.concatenate([s.rows for s in splits]) if T else np.zeros(0, np.int64)
-    task_all = np.repeat(np.arange(T), sizes)
-    # Category of each row: 2·split + (0 for a positive, 1 for a negative), as in _CATEGORIES.
-    cat_all = (2 * np.concatenate([s.split for s in splits]) + ~np.concatenate([s.y for s in splits])
-               if T else np.zeros(0, np.int64))
-    # Rows per (task, category); the rows where a candidate's feature is zero are the complement.
-    totals = np.bincount(task_all * 6 + cat_all, minlength=T * 6).reshape(T, 6)
-
-    candidates = np.full((T, K), -1, dtype=np.int64)
-    n1 = np.zeros((T, K, 6), dtype=np.int64)  # rows of each category where the feature is non-zero
-    entries: list[list] = [[] for _ in _CATEGORIES]  # raw values: (problem, x) of non-zero entries
-    for t0, t1 in _chunks(sizes, chunk_rows):
-        nt = t1 - t0
-        r0, r1 = offsets[t0], offsets[t1]
-        # Lay the chunk's rows out by category, so that each category is one block of rows.
-        order = np.argsort(cat_all[r0:r1], kind="stable")
-        bounds = np.searchsorted(cat_all[r0:r1][order], np.arange(7))
-        rows, ltask = rows_all[r0:r1][order], task_all[r0:r1][order] - t0
-        val = np.take(val_codes, rows, axis=0)
-        sentinel = nt * L
-        keys = np.take(idx_codes, rows, axis=0)
-        keys += (ltask * L)[:, None]  # (task, latent) of every entry
-        active = val > 0
-        ranked = np.where(active, keys, sentinel)
-        # Candidates from the training rows only: positive (category 0) and negative (1) counts.
-        pos = np.bincount(ranked[bounds[0]:bounds[1]].ravel(), minlength=sentinel + 1)[:sentinel]
-        neg = np.bincount(ranked[bounds[1]:bounds[2]].ravel(), minlength=sentinel + 1)[:sentinel]
-        cand = _top_candidates(pos.reshape(nt, L), (pos + neg).reshape(nt, L), K)
-        candidates[t0:t1] = cand
-        # problem_of[(task, latent)]: the chunk-local probe (task·K + slot), or nt·K for none.
-        problem_of = np.full(sentinel + 1, nt * K, dtype=np.int64)
-        t_has, slot_has = np.nonzero(cand >= 0)
-        problem_of[t_has * L + cand[t_has, slot_has]] = t_has * K + slot_has
-        if binarize or val.min(initial=0) >= 0:
-            problem = np.take(problem_of, ranked)
-        else:  # raw values below zero are features too (though never "active")
-            problem = np.take(problem_of, np.where(val != 0, keys, sentinel))
-        for c in range(6):
-            block = problem[bounds[c]:bounds[c + 1]]
-            n1[t0:t1, :, c] = np.bincount(block.ravel(), minlength=nt * K + 1)[:-1].reshape(nt, K)
-            if not binarize:
-                hit = block != nt * K
-                entries[c].append((block[hit] + t0 * K, val[bounds[c]:bounds[c + 1]][hit]))
+    layout = _layout(splits)
+    totals = np.diff(layout.starts, axis=1)  # rows per (task, category)
+    active = np.where(val_codes > 0, idx_codes, L)
+    narrow = L <= 32766  # int16 holds the index L ("not firing") too
+    active = active.astype(np.int16 if narrow else np.int64)
+    candidates, positives = _rank_candidates(layout, active, L, K, chunk_rows)
+    n1, entries = _candidate_features(layout, candidates, positives, idx_codes, val_codes, active, binarize,
+                                      table_bytes)
 
     n0 = totals[:, None, :] - n1
     valid = candidates >= 0
