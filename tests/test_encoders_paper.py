@@ -273,8 +273,11 @@ def test_siglip2_random_weights_features_match_processor_and_model_api(tiny_hf):
         out = reference.text_model(input_ids=ids, output_hidden_states=True)
     assert text.pooled.shape == (2, WIDTH)
     torch.testing.assert_close(text.pooled, out.pooler_output)  # lowercased, no attention mask
+    # layers: the last real token (what the per-layer SAEs train on), not the padding it pools
+    last_real = [len("a cat") - 1, len("two dogs") - 1]  # one token per character, no end token
+    assert (ids[[0, 1], last_real] != 0).all() and (ids[[0, 1], [n + 1 for n in last_real]] == 0).all()
     for ours, hidden in zip(text.layers, out.hidden_states[1:], strict=True):
-        torch.testing.assert_close(ours, hidden[:, -1])
+        torch.testing.assert_close(ours, hidden[[0, 1], last_real])
 
     described = encoder.preprocessing("image")
     assert described["max_num_patches"] == 64 and described["image_mean"] == [0.5, 0.5, 0.5]

@@ -317,7 +317,9 @@ class SigLIP2(Encoder):
     `get_image_features` / `get_text_features` (the attention-pool head / last-token head).
     Layers: the vision tower has no CLS token, so each layer is pooled as the last one is: the
     final LayerNorm and the attention-pooling head (`layer_pooling: head`, so that the last layer's
-    token is the pooled feature), or the mean over the real patches (`mean`); text → last token.
+    token is the pooled feature), or the mean over the real patches (`mean`). Text layers: the
+    last real (non-padding) token, one of the tokens a per-layer SAE trains on (the pooled text
+    feature reads the last position, a padding token that no SAE sees).
     """
 
     modalities = ("image", "text")
@@ -369,8 +371,9 @@ class SigLIP2(Encoder):
         return _blocks(self, tower, modality)
 
     def layer_token(self, modality: str, hidden: torch.Tensor) -> torch.Tensor:
-        if modality == "text":
-            return hidden[:, -1]
+        if modality == "text":  # right-padded: the real tokens come first
+            last = (self.token_mask(modality, hidden).sum(dim=1) - 1).clamp_min(0).to(hidden.device)
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         vision = self.model.vision_model
         if self.layer_pooling == "mean" or getattr(vision, "head", None) is None:
             return _pool_tokens(hidden, "mean", self._pixel_mask)
