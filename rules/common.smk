@@ -17,7 +17,7 @@ from xsae.synthetic_experiments import experiments as synthetic_experiments  # n
 from xsae.tables import SPARC_TABLES  # noqa: E402
 from xsae import registry  # noqa: E402
 from xsae.resources import ResourceTable  # noqa: E402
-from xsae.plan import dataset_splits as plan_dataset_splits  # noqa: E402
+from xsae.plan import dataset_splits as plan_dataset_splits, feature_splits as plan_feature_splits  # noqa: E402
 from xsae.code_fingerprint import fingerprint as code_fingerprint  # noqa: E402
 
 config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
@@ -142,7 +142,7 @@ def feature_files():
         FEATURES.format(dataset=dataset, split=split, encoder=encoder)
         for dataset, encoders in config["features"].items()
         for encoder in encoders
-        for split in dataset_splits(dataset)
+        for split in plan_feature_splits(config, dataset, encoder)
     ]
 
 

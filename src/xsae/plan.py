@@ -220,6 +220,24 @@ def dataset_splits(config: Mapping[str, Any], dataset: str) -> tuple[str, ...]:
     return ("test",) if config["datasets"][dataset]["kind"] in TEST_ONLY_KINDS else ("train", "test")
 
 
+def feature_splits(config: Mapping[str, Any], dataset: str, encoder: str) -> tuple[str, ...]:
+    """The splits of `dataset` whose `encoder` features are extracted: the test split always, the
+    train split when something trains on its stored features (an SAE run's stream, or a sharedness
+    model's per-layer SAEs unless they train online, streaming the encoder instead)."""
+    splits = dataset_splits(config, dataset)
+    if "train" not in splits:
+        return splits
+    streams = config.get("streams", {})
+    for run in config.get("sae_runs", {}).values():
+        if run["dataset"] == dataset and any(streams[name]["encoder"] == encoder for name in run["streams"]):
+            return splits
+    sharedness = config.get("sharedness") or {}
+    if sharedness.get("training_data", "global") != "online" and any(
+            model["encoder"] == encoder for model in (sharedness.get("models") or {}).values()):
+        return splits
+    return ("test",)
+
+
 # ---- encoder architectures -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tower:
@@ -687,7 +705,7 @@ def _basis(device: str, rate: Figure) -> str:
 
 def extraction_costs(config: Mapping[str, Any], data: PlanData, devices: _Devices,
                      expansion: Mapping[str, Any], manifests: Path | None) -> list[CostRow]:
-    """One row per feature file (dataset × split × encoder) and per synthetic dataset."""
+    """One row per feature file extracted (`feature_splits`) and per synthetic dataset."""
     rows = []
     activation_factor = data.value("extraction", "activation_factor")
     for dataset, encoders in config["features"].items():
@@ -700,7 +718,7 @@ def extraction_costs(config: Mapping[str, Any], data: PlanData, devices: _Device
                 found = {m: t for m, t in found.items() if m == "text"}
             device = devices.of("extract_features", bool(entry.get("gpu")))
             weight_bytes = 2 if device == "gpu" and entry.get("dtype") in ("bfloat16", "float16") else 4
-            for split in dataset_splits(config, dataset):
+            for split in feature_splits(config, dataset, encoder):
                 count = dataset_count(config, dataset, split, data, manifests)
                 flops = count.count * sum(t.flops(caption) for t in found.values())
                 seconds, rate = devices.seconds(device, "inference", flops)
