@@ -221,6 +221,39 @@ def test_latent_inactive_on_training_rows_is_never_a_candidate():
         assert result.table.n_candidates[0] == 5
 
 
+def test_latents_firing_on_training_negatives_only_follow_by_index():
+    """Fewer than K latents fire on the positive training rows: the rest of the K are the latents
+    that fire on training negatives only, lowest index first; a latent firing on no training row
+    is never one."""
+    n, n_latents = 300, 16
+    labels = np.zeros((n, 1), dtype=bool)
+    labels[::3, 0] = True
+    (split,) = task_splits(labels)
+    (train_rows, train_y), (val_rows, _) = split.train, split.val
+    codes = np.zeros((n, n_latents))
+    positives, negatives = train_rows[train_y], train_rows[~train_y]
+    codes[positives[:30], 5] = 1.0
+    codes[positives[:10], 2] = 1.0
+    codes[negatives[:4], 12] = 1.0
+    codes[negatives[4:6], 9] = 1.0
+    codes[val_rows, 11] = 1.0  # fires, but on no training row
+    result = evaluate_1d_probes(codes, labels, n_latents=n_latents, n_candidates=6)
+    assert list(result.candidates[0]) == [5, 2, 9, 12, -1, -1]
+
+
+@pytest.mark.parametrize("binarize", [True, False])
+def test_the_feature_table_budget_changes_nothing(binarize):
+    """One task's candidates per table (the smallest budget) or all tasks' at once: same numbers."""
+    codes, _, labels = random_problem(seed=3, n=900)
+    whole = evaluate_1d_probes(codes, labels, n_latents=64, min_positives=20, binarize=binarize)
+    split = evaluate_1d_probes(codes, labels, n_latents=64, min_positives=20, binarize=binarize,
+                               table_bytes=1)
+    assert len(whole.table) >= 3
+    np.testing.assert_array_equal(whole.candidates, split.candidates)
+    np.testing.assert_array_equal(whole.test_loss, split.test_loss)
+    np.testing.assert_array_equal(whole.val_loss, split.val_loss)
+
+
 @pytest.mark.parametrize("binarize", [True, False])
 def test_no_active_latent_gives_log2(binarize):
     rng = np.random.default_rng(9)

@@ -117,7 +117,7 @@ class _Module:
     imports: set[str] = field(default_factory=set)  # xsae modules its top level imports
     always: list[str] = field(default_factory=list)  # statements run on import, normalised
     always_refs: set[Ref] = field(default_factory=set)
-    #: definitions under an `xsae` decorator: (name, decorator's dotted name)
+    #: definitions an `xsae` registrar collects on import: (name, the registrar's dotted name)
     registrations: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
 
 
