@@ -302,3 +302,18 @@ def test_batched_fit_is_the_exact_minimiser():
         residual = 1 / (1 + np.exp(-(w[p] * x[sel] + b[p]))) - y[sel]
         assert abs(residual @ x[sel] + w[p] / 2.0) < 1e-9 and abs(residual.sum()) < 1e-9
     assert w[0] > 0.5  # separable: only the penalty holds w back
+
+
+def test_fitting_problems_together_equals_fitting_each_alone():
+    """Problems converge at different iterations and the converged ones' points are left behind:
+    every problem's fit is still bitwise the one it gets alone."""
+    rng = np.random.default_rng(11)
+    n_problems, n = 12, 3000
+    problem = rng.integers(0, n_problems, n)
+    x = rng.exponential(size=n) * (rng.random(n) < 0.7) * rng.integers(1, 6, n_problems)[problem]
+    y = (rng.random(n) < rng.uniform(0.05, 0.95, n_problems)[problem]).astype(float)
+    w, b = fit_logistic_1d(problem, x, y, n_problems=n_problems)
+    for p in range(n_problems):
+        mine = problem == p
+        w_alone, b_alone = fit_logistic_1d(np.zeros(mine.sum(), np.int64), x[mine], y[mine], n_problems=1)
+        assert (w[p], b[p]) == (w_alone[0], b_alone[0])

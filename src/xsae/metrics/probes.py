@@ -275,6 +275,7 @@ def fit_logistic_1d(problem: np.ndarray, x: np.ndarray, y: np.ndarray, weight: n
     w = np.zeros(P)
     b = np.zeros(P)
     done = np.zeros(P, dtype=bool)
+    points = np.bincount(problem, minlength=P)  # per problem, among the points still iterated
     for _ in range(max_iter):
         p = np.take(w, problem)
         p *= x
@@ -310,6 +311,12 @@ def fit_logistic_1d(problem: np.ndarray, x: np.ndarray, y: np.ndarray, weight: n
         done |= shift <= 1e-9
         if done.all():
             break
+        if points[done].sum() > problem.size // 4:
+            # Leave converged problems' points behind: each problem's sums keep their own points in
+            # the same order, so the others' iterates do not change by a bit.
+            keep = ~done[problem]
+            problem, x, y, weight = problem[keep], x[keep], y[keep], weight[keep]
+            points[done] = 0
     return w, b
 
 
