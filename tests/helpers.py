@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -144,3 +145,15 @@ def stamps_manifests(root: Path, test_fraction: float = 0.25) -> dict[str, Path]
     paths = {split: root / f"{split}.csv" for split in splits}
     write_manifest(splits, labels, paths, root / "labels.json")
     return paths
+
+
+def workflow_copy(destination: Path) -> Path:
+    """The workflow and its library, copied so that a test can edit the library's code."""
+    destination.mkdir(parents=True)
+    for part in ("Snakefile", "rules", "workflow", "src", "config", "envs"):
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, destination / part)
+    return destination / "Snakefile"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import N_USABLE, REPO, job_counts, make_stamps_tree, tiny_config, write_config
+from helpers import N_USABLE, REPO, job_counts, make_stamps_tree, tiny_config, workflow_copy, write_config
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -271,18 +270,6 @@ def test_changing_one_sae_parameter_reruns_only_what_depends_on_it(finished_run)
         "train_sae": 1, "evaluate_reconstruction": 1, "figure_training": 1, "evaluate_sparc": 1,
         "table_sparc": 5, "figure_top_activations": 1, "scorecard": 1, "plan_table": 1, "all": 1,
     }
-
-
-def workflow_copy(destination: Path) -> Path:
-    """The workflow and its library, copied so that a test can edit the library's code."""
-    destination.mkdir(parents=True)
-    for part in ("Snakefile", "rules", "workflow", "src", "config", "envs"):
-        source = REPO / part
-        if source.is_dir():
-            shutil.copytree(source, destination / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, destination / part)
-    return destination / "Snakefile"
 
 
 def test_a_library_change_reruns_only_the_rules_that_run_it(finished_run, tmp_path):

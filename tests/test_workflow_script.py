@@ -92,18 +92,15 @@ def test_xsae_run_names_the_file_line_and_column_of_a_yaml_error(tmp_path):
 
 def test_plain_snakemake_names_the_line_and_column_of_a_broken_default_config(tmp_path):
     """The embedded default is read by the Snakefile before Snakemake's own loader sees it."""
-    import shutil
     import subprocess
     import sys
 
-    from helpers import REPO
+    from helpers import workflow_copy
 
-    for part in ("Snakefile", "rules", "workflow", "src", "config", "envs"):
-        copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy2
-        copy(REPO / part, tmp_path / part)
-    default = tmp_path / "config" / "config.yaml"
+    workflow_copy(tmp_path / "repo")
+    default = tmp_path / "repo" / "config" / "config.yaml"
     default.write_text("seed: 1\ndatasets:\n  tux: {kind: tuxpaint_stamps\n  x: 1\n")
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1"], cwd=tmp_path / "repo",
                             capture_output=True, text=True, check=False)
     assert result.returncode != 0
     output = result.stdout + result.stderr
