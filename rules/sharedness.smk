@@ -1,5 +1,5 @@
 # The sharedness paper (wMPPC, Comparative Sharedness): per-layer features → one TopK SAE per
-# model × layer × dataset (train split) → its codes on the test split → pair scores between models
+# model × layer × dataset (train split) → its codes on the compared split → pair scores between models
 # → Tables 1–3 and 7–26, Figure 1 (layer × layer), Figures 2–4 (Comparative Sharedness), Appendix C.
 
 
@@ -34,15 +34,15 @@ rule sharedness_online:
 
 rule sharedness_sae:
     """One model's layer on one dataset: train its TopK SAE (or, training_data online, take it from
-    its encoder's online job), encode the test split (one job per model × layer × dataset, so a
+    its encoder's online job), encode the compared split (one job per model × layer × dataset, so a
     cluster trains them all in parallel)."""
     input:
         unpack(sharedness_sae_features),
     output:
         weights=f"{SHAREDNESS_SAE}/weights.safetensors",
         history=f"{SHAREDNESS_SAE}/training_log.csv",
-        codes=f"{SHAREDNESS_SAE}/codes_test.npz",
-        reconstruction=f"{SHAREDNESS_SAE}/reconstruction_test.csv",
+        codes=SHAREDNESS_CODES,
+        reconstruction=SHAREDNESS_RECONSTRUCTION,
     params:
         sae=sharedness_sae_params,
         expansion=SHAREDNESS["expansion"],
@@ -77,6 +77,7 @@ rule sharedness_saes_table:
         md="results/tables/sharedness_saes.md",
         tex="results/tables/sharedness_saes.tex",
     params:
+        compare_split=COMPARE_SPLIT,
         library_code=library_code("sharedness_saes_table.py"),
     resources:
         **job_resources("sharedness_saes_table"),
@@ -131,6 +132,7 @@ rule sharedness_table:
     params:
         spec=sharedness_table_spec,
         facts=sharedness_table_facts,
+        compare_split=COMPARE_SPLIT,
         library_code=library_code("sharedness_table.py"),
     wildcard_constraints:
         table=_names_pattern(SHAREDNESS["tables"]),
@@ -208,7 +210,7 @@ rule sharedness_layerwise:
 
 rule sharedness_comparative:
     """Generalized Comparative Sharedness of one model's last-layer features (Eq. 7), and the
-    top-activating test samples of the best-ranked ones (Figures 2–4)."""
+    top-activating compared samples of the best-ranked ones (Figures 2–4)."""
     input:
         unpack(sharedness_comparative_inputs),
     output:

@@ -19,6 +19,10 @@ SHAREDNESS_SAE = "results/sharedness/{dataset}/sae/{model}/layer{layer}"
 SHAREDNESS_PAIR = "results/sharedness/{dataset}/pairs/{model_a}/{model_b}.csv"
 SHAREDNESS_ONLINE = "results/sharedness/{dataset}/online/{encoder}"
 SHAREDNESS_ONLINE_JOBS = online_jobs(config)
+#: the split whose global tokens the SAEs encode and the metrics compare (in the file names)
+COMPARE_SPLIT = SHAREDNESS["compare_split"]
+SHAREDNESS_CODES = f"{SHAREDNESS_SAE}/codes_{COMPARE_SPLIT}.npz"
+SHAREDNESS_RECONSTRUCTION = f"{SHAREDNESS_SAE}/reconstruction_{COMPARE_SPLIT}.csv"
 SHAREDNESS_MODEL_NAMES = _names_pattern(SHAREDNESS_MODELS)
 
 
@@ -27,7 +31,7 @@ def sharedness_outputs():
 
 
 def _codes_path(dataset, model, layer):
-    return f"{SHAREDNESS_SAE}/codes_test.npz".format(dataset=dataset, model=model, layer=f"{layer:02d}")
+    return SHAREDNESS_CODES.format(dataset=dataset, model=model, layer=f"{layer:02d}")
 
 
 def _last_codes(dataset, model):
@@ -47,7 +51,8 @@ def sharedness_sae_features(wildcards):
     """The stored features it trains on and encodes, or (training_data online) the output of its
     encoder's online job and the test features it encodes."""
     encoder = SHAREDNESS_MODELS[wildcards.model]["encoder"]
-    files = {split: FEATURES.format(dataset=wildcards.dataset, split=split, encoder=encoder) for split in SPLITS}
+    files = {"train": FEATURES.format(dataset=wildcards.dataset, split="train", encoder=encoder),
+             "compared": FEATURES.format(dataset=wildcards.dataset, split=COMPARE_SPLIT, encoder=encoder)}
     if SHAREDNESS["training_data"] == "online":
         files["train"] = SHAREDNESS_ONLINE.format(dataset=wildcards.dataset, encoder=encoder)
     return files
@@ -69,7 +74,7 @@ def sharedness_sae_params(wildcards):
 
 
 def sharedness_sae_reports(wildcards):
-    return [f"{SHAREDNESS_SAE}/reconstruction_test.csv".format(
+    return [SHAREDNESS_RECONSTRUCTION.format(
         dataset=sae.dataset, model=sae.model, layer=sae.layer_tag) for sae in layer_saes(config)]
 
 
@@ -144,7 +149,7 @@ def sharedness_comparative_inputs(wildcards):
 
 
 def sharedness_comparative_manifest(wildcards):
-    return MANIFEST.format(dataset=SHAREDNESS["comparative"][wildcards.name]["dataset"], split="test")
+    return MANIFEST.format(dataset=SHAREDNESS["comparative"][wildcards.name]["dataset"], split=COMPARE_SPLIT)
 
 
 def sharedness_comparative_facts(wildcards):

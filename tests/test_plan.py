@@ -283,3 +283,37 @@ def test_a_cap_per_split_caps_each_split():
     data = plan.load_data()
     assert plan.dataset_count(cfg, "oi", "train", data).count == 40
     assert plan.dataset_count(cfg, "oi", "test", data).count > 40
+
+
+def _sharedness_only(**sharedness) -> dict:
+    """The small config without its SAE run: CLIP is read by the sharedness models alone."""
+    config = small_config()
+    config["sae_runs"] = {}
+    config["sharedness"].update(sharedness)
+    return config
+
+
+@pytest.mark.parametrize(("sharedness", "splits"), [
+    ({"training_data": "online", "compare_split": "test"}, ("test",)),
+    ({"training_data": "online", "compare_split": "train"}, ("train", "test")),
+    ({"training_data": "tokens", "compare_split": "test"}, ("train", "test")),
+])
+def test_the_train_split_is_extracted_only_where_it_is_read(sharedness, splits):
+    """Online SAEs stream the encoder over the train split: its stored features are needed only to
+    compare the training samples. An SAE run's stream always reads them."""
+    assert plan.feature_splits(_sharedness_only(**sharedness), "coco", "clip") == splits
+    assert plan.feature_splits(small_config(), "coco", "clip") == ("train", "test")
+
+
+def test_sharedness_comparisons_count_the_compared_split(tmp_path):
+    """The pair and encoding rows scale with the samples of `compare_split` (1,000 train, 100 test)."""
+    rows = {}
+    for split in ("test", "train"):
+        planned = plan.make_plan(_sharedness_only(compare_split=split), data=plan_data(tmp_path))
+        frame = plan.costs_frame(planned)
+        rows[split] = frame[frame["rule"].isin(["sharedness_pair", "sharedness_sae"])
+                            & (frame["stage"] == "evaluation")]
+    assert len(rows["test"]) == len(rows["train"]) > 0
+    assert (rows["test"]["samples"] == 100).all() and (rows["train"]["samples"] == 1000).all()
+    ratio = rows["train"]["tflops"].sum() / rows["test"]["tflops"].sum()
+    assert ratio == pytest.approx(10, rel=1e-6)

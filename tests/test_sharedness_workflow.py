@@ -550,6 +550,10 @@ def test_paper_dag_covers_every_sharedness_item(tmp_path):
         assert f"results/figures/sharedness_{figure}.png" in dry, figure
     blocks = [block for block in dry.split("\n\n") if "rule sharedness_sae:" in block]
     assert blocks and all("gpu=1" in block for block in blocks)
+    # compared on the training samples, as the authors did (compare_split: train)
+    clip = next(block for block in blocks if "results/sharedness/coco/sae/clip_l_img/layer23/" in block)
+    assert "results/features/coco/train/sh_clip_l14.h5" in clip and "/test/" not in clip
+    assert "codes_train.npz" in clip and "results/sharedness/coco/online/sh_clip_l14" in clip
 
 
 @pytest.fixture(scope="module")

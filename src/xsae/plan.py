@@ -222,8 +222,9 @@ def dataset_splits(config: Mapping[str, Any], dataset: str) -> tuple[str, ...]:
 
 def feature_splits(config: Mapping[str, Any], dataset: str, encoder: str) -> tuple[str, ...]:
     """The splits of `dataset` whose `encoder` features are extracted: the test split always, the
-    train split when something trains on its stored features (an SAE run's stream, or a sharedness
-    model's per-layer SAEs unless they train online, streaming the encoder instead)."""
+    train split when something reads its stored features (an SAE run's stream; a sharedness model's
+    per-layer SAEs when they train on them rather than online, streaming the encoder, or when
+    they compare the train split)."""
     splits = dataset_splits(config, dataset)
     if "train" not in splits:
         return splits
@@ -232,8 +233,10 @@ def feature_splits(config: Mapping[str, Any], dataset: str, encoder: str) -> tup
         if run["dataset"] == dataset and any(streams[name]["encoder"] == encoder for name in run["streams"]):
             return splits
     sharedness = config.get("sharedness") or {}
-    if sharedness.get("training_data", "global") != "online" and any(
-            model["encoder"] == encoder for model in (sharedness.get("models") or {}).values()):
+    reads_train = (sharedness.get("training_data", "global") != "online"
+                   or sharedness.get("compare_split", "test") == "train")
+    models = (sharedness.get("models") or {}).values()
+    if reads_train and any(model["encoder"] == encoder for model in models):
         return splits
     return ("test",)
 
@@ -894,27 +897,32 @@ def _sharedness_evaluation(config: Mapping[str, Any], jobs: Sequence[TrainingJob
     gpu = bool(spec.get("gpu"))
     latents: dict[tuple[str, str, int], int] = {}
     rows = []
+
+    def compared(dataset: str) -> int:
+        """Samples of the split whose codes are compared."""
+        return dataset_count(config, dataset, spec.get("compare_split", "test"), data, manifests).count
+
     for job in jobs:
         if job.family != "sharedness":
             continue
         dataset, (model, layer) = job.dataset, job.job.split("/")[-2:]
         latents[dataset, model, int(layer.removeprefix("layer"))] = job.n_latents
-        test = dataset_count(config, dataset, "test", data, manifests).count
+        n = compared(dataset)
         device = devices.of("sharedness_sae", gpu)
         rows.append(_evaluation_row(f"sharedness/{dataset}/{model}/{layer}/encode",
-                                    f"sharedness/{dataset}", "sharedness_sae", device, test,
-                                    2 * test * job.encode_flops_per_row, devices, "matmul",
-                                    test * job.k * 12.0, test * job.widths[0] * 4.0 + job.parameters * 4.0))
+                                    f"sharedness/{dataset}", "sharedness_sae", device, n,
+                                    2 * n * job.encode_flops_per_row, devices, "matmul",
+                                    n * job.k * 12.0, n * job.widths[0] * 4.0 + job.parameters * 4.0))
     needed = expansion["sharedness_layers"]
     chunk = float(spec.get("compare", {}).get("chunk_rows", 4096))
 
     def correlation(dataset: str, pairs: Iterable[tuple[str, int, str, int]],
                     repeats: int = 1) -> tuple[float, float]:
-        test = dataset_count(config, dataset, "test", data, manifests).count
+        n = compared(dataset)
         flops, memory = 0.0, 0.0
         for a, layer_a, b, layer_b in pairs:
             m_a, m_b = latents[dataset, a, layer_a], latents[dataset, b, layer_b]
-            flops += repeats * 2.0 * test * m_a * m_b
+            flops += repeats * 2.0 * n * m_a * m_b
             memory = max(memory, m_a * m_b * 4.0 * 2 + chunk * (m_a + m_b) * 4.0 * 2)
         return flops, memory
 
@@ -923,27 +931,27 @@ def _sharedness_evaluation(config: Mapping[str, Any], jobs: Sequence[TrainingJob
         layer_pairs = [(x, la, y, lb) for x, y in directions
                        for la in needed[f"{dataset}/{x}"] for lb in needed[f"{dataset}/{y}"]]
         flops, memory = correlation(dataset, layer_pairs)
-        test = dataset_count(config, dataset, "test", data, manifests).count
+        n = compared(dataset)
         rows.append(_evaluation_row(f"sharedness/{dataset}/pair/{a}/{b}", f"sharedness/{dataset}",
-                                    "sharedness_pair", devices.of("sharedness_pair", gpu), test, flops,
+                                    "sharedness_pair", devices.of("sharedness_pair", gpu), n, flops,
                                     devices, "correlation", 0.0, memory))
     last = {model: int(entry["n_layers"]) - 1 for model, entry in spec["models"].items()}
     for name, entry in spec.get("comparative", {}).items():
         dataset, model = entry["dataset"], entry["model"]
         others = [*entry["shared_with"], *entry["not_shared_with"]]
         flops, memory = correlation(dataset, [(model, last[model], x, last[x]) for x in others])
-        test = dataset_count(config, dataset, "test", data, manifests).count
+        n = compared(dataset)
         rows.append(_evaluation_row(f"sharedness/{dataset}/comparative/{name}", f"sharedness/{dataset}",
-                                    "sharedness_comparative", devices.of("sharedness_comparative", gpu), test,
+                                    "sharedness_comparative", devices.of("sharedness_comparative", gpu), n,
                                     flops, devices, "correlation", 0.0, memory))
     for name, entry in spec.get("shuffle", {}).items():
         dataset = entry["dataset"]
         source, target = entry["source"], entry["target"]
         flops, memory = correlation(dataset, [(source, last[source], target, last[target])],
                                     repeats=int(entry["n_permutations"]) + 1)
-        test = dataset_count(config, dataset, "test", data, manifests).count
+        n = compared(dataset)
         rows.append(_evaluation_row(f"sharedness/{dataset}/shuffle/{name}", f"sharedness/{dataset}",
-                                    "sharedness_shuffle", devices.of("sharedness_shuffle", gpu), test, flops,
+                                    "sharedness_shuffle", devices.of("sharedness_shuffle", gpu), n, flops,
                                     devices, "correlation", 0.0, memory))
     return rows
 

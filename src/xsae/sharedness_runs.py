@@ -3,7 +3,8 @@
 Paper: "Explaining how visual, textual and multi-modal encoders share concepts". Config section
 `sharedness` (config/README.md) names *models* (an encoder's modality with its stored layers) and
 what to compute from them. Every model gets one TopK SAE per layer and dataset, trained on the
-train split; each SAE's actual TopK codes on the held-out test split's global tokens are what the
+train split; each SAE's actual TopK codes on the global tokens of the compared split
+(`sharedness.compare_split`: the held-out test split, or the training samples) are what the
 metrics of `xsae.metrics.sharedness` compare:
 
 - a *pair* job computes, for two models on one dataset, ρ_i of every feature of every layer of
@@ -243,7 +244,7 @@ def _direction(layers_a: Mapping[int, LayerCodes], layers_b: Mapping[int, LayerC
 def _check_active(pairs: Mapping[tuple[int, int], MaxCorrelation], model: str) -> None:
     for (layer, _), result in pairs.items():
         if float(result.activation_mass.sum()) <= 0:
-            raise DataError(f"the SAE of {model} layer {layer} never activates on the test split: "
+            raise DataError(f"the SAE of {model} layer {layer} never activates on the compared split: "
                             "wMPPC is undefined; check its training log")
 
 

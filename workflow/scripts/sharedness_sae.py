@@ -1,5 +1,5 @@
 """Train one per-layer SAE of the sharedness experiments, or take it from its encoder's online job,
-and encode the test split (rule sharedness_sae)."""
+and encode the compared split (rule sharedness_sae)."""
 
 from pathlib import Path
 
@@ -13,7 +13,7 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake, seed=sae["se
     wildcards = snakemake.wildcards
     name = f"{wildcards.model} layer {wildcards.layer}"
     training_data = snakemake.params.training_data
-    test_ref = StreamRef(Path(snakemake.input.test), sae["modality"], sae["layer"], name)
+    test_ref = StreamRef(Path(snakemake.input.compared), sae["modality"], sae["layer"], name)
     weights = Path(snakemake.output.weights)
     outputs = {"weights_path": weights, "log_path": snakemake.output.history,
                "codes_path": snakemake.output.codes, "reconstruction_path": snakemake.output.reconstruction}

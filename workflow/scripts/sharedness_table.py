@@ -23,7 +23,8 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake):
     name = METRIC_NAMES[metric]
     scope = SCOPE_CAPTIONS[spec["layers"]]
     caption = " ".join(filter(None, [spec["caption"],
-                                     f"{name} source → target ({scope}) on {spec['dataset']}, test split."]))
+                                     f"{name} source → target ({scope}) on {spec['dataset']}, "
+                                     f"{snakemake.params.compare_split} split."]))
     tables.render(table, {k: snakemake.output[k] for k in ("csv", "md", "tex")}, caption=caption,
                   label=f"tab:sharedness-{snakemake.wildcards.table}")
     log.info("\n%s", tables.to_markdown(table))
