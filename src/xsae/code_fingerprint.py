@@ -169,7 +169,6 @@ def _parse(path: str, name: str, root: Path, mtime_ns: int, size: int) -> _Modul
             for defined in names:
                 module.defs.setdefault(defined, []).append(source)
                 module.def_refs.setdefault(defined, set()).update(refs)
-        if names is not None:
             module.registrations.extend((names[0], chain) for chain in _library_decorators(statement, module))
             continue
         module.always.append(source)
@@ -236,6 +235,7 @@ class _Reach:
         self.modules: set[str] = set()
         self.whole: set[str] = set()
         self.defs: set[tuple[str, str]] = set()
+        self.used: set[str] = set()  # modules with a reached definition
         self.pending: list[tuple[_Module, Ref]] = []
         #: registered definitions by the decorator's module: they join once that module is used
         self.registered: dict[str, list[tuple[_Module, str]]] = {}
@@ -269,7 +269,7 @@ class _Reach:
             nested = attr is None and len(decorator) > 1  # `module.register`: the module's own
             owner = ".".join([target, *decorator[1:-1]]) if nested else target
         self.registered.setdefault(owner, []).append((module, name))
-        if any(m == owner for m, _ in self.defs):
+        if owner in self.used:
             self.definition(module, name)
 
     def whole_module(self, name: str) -> None:
@@ -281,7 +281,8 @@ class _Reach:
 
     def definition(self, module: _Module, name: str) -> None:
         if (module.name, name) not in self.defs:
-            first_use = not any(m == module.name for m, _ in self.defs)
+            first_use = module.name not in self.used
+            self.used.add(module.name)
             self.defs.add((module.name, name))
             self.pending.extend((module, ref) for ref in module.def_refs[name])
             if first_use:

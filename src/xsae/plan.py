@@ -23,6 +23,7 @@ traffic per step; it is meant to be right within a small factor, which is what a
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -898,6 +899,7 @@ def _sharedness_evaluation(config: Mapping[str, Any], jobs: Sequence[TrainingJob
     latents: dict[tuple[str, str, int], int] = {}
     rows = []
 
+    @functools.cache
     def compared(dataset: str) -> int:
         """Samples of the split whose codes are compared."""
         return dataset_count(config, dataset, spec.get("compare_split", "test"), data, manifests).count
