@@ -98,6 +98,14 @@ def dataset_modalities(wildcards):
     return ["text"] if config["datasets"][wildcards.dataset]["kind"] == "class_prompts" else None
 
 
+def dataset_own_files(wildcards):
+    """Files of the user's own that a download reads (an image_folder's table): editing one reruns it."""
+    entry = config["datasets"][wildcards.dataset]
+    if entry["kind"] != "image_folder" or not entry.get("provided"):
+        return []
+    return [os.path.join(entry["provided"], entry["options"].get("table", "captions.csv"))]
+
+
 def download_record_of(dataset):
     """The download a dataset's manifest reads: its own, or that of the entry named by files_of."""
     return f"resources/datasets/{config['datasets'][dataset]['files_of'] or dataset}/download.json"

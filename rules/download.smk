@@ -22,6 +22,8 @@ rule download_dataset:
     localrule: True
     wildcard_constraints:
         dataset=SOURCE_DATASETS,
+    input:
+        dataset_own_files,
     output:
         # The files themselves go to resources/datasets/{dataset}/files, undeclared so that an
         # interrupted download keeps its partial files and resumes; the record lists them.

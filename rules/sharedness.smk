@@ -9,9 +9,10 @@ include: "sharedness_common.smk"
 rule sharedness_online:
     """One encoder on one dataset (training_data online): one pass per modality over the training
     samples trains the SAE of every layer that a model of the encoder needs, both towers and every
-    seed, on every real token; nothing token-level is stored."""
+    seed, on every real token; nothing token-level is stored. Models compared on pooled codes get
+    one more pass, over the compared split, that writes them."""
     input:
-        manifest=sharedness_online_manifest,
+        unpack(sharedness_online_manifests),
     output:
         directory(SHAREDNESS_ONLINE),
     params:

@@ -1,5 +1,6 @@
 # Config access and input/param functions of the sharedness rules (rules/sharedness.smk).
 from xsae.sharedness_config import (  # noqa: E402
+    POOLED_CODES,
     last_layer,
     layer_saes,
     layers_needed,
@@ -49,17 +50,26 @@ def _workflow_file(path):
 
 def sharedness_sae_features(wildcards):
     """The stored features it trains on and encodes, or (training_data online) the output of its
-    encoder's online job and the test features it encodes."""
-    encoder = SHAREDNESS_MODELS[wildcards.model]["encoder"]
+    encoder's online job and the compared split's features it encodes (none for a model compared on
+    pooled codes: the online job wrote them)."""
+    model = SHAREDNESS_MODELS[wildcards.model]
+    encoder = model["encoder"]
     files = {"train": FEATURES.format(dataset=wildcards.dataset, split="train", encoder=encoder),
              "compared": FEATURES.format(dataset=wildcards.dataset, split=COMPARE_SPLIT, encoder=encoder)}
     if SHAREDNESS["training_data"] == "online":
         files["train"] = SHAREDNESS_ONLINE.format(dataset=wildcards.dataset, encoder=encoder)
+    if model["compared"] == POOLED_CODES:
+        del files["compared"]
     return files
 
 
-def sharedness_online_manifest(wildcards):
-    return MANIFEST.format(dataset=wildcards.dataset, split="train")
+def sharedness_online_manifests(wildcards):
+    """The training split it streams, and the compared split when some SAE of the job is compared
+    on pooled codes."""
+    files = {"manifest": MANIFEST.format(dataset=wildcards.dataset, split="train")}
+    if any(sae["compared"] == POOLED_CODES for sae in sharedness_online_saes(wildcards)):
+        files["compared"] = MANIFEST.format(dataset=wildcards.dataset, split=COMPARE_SPLIT)
+    return files
 
 
 def sharedness_online_saes(wildcards):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from xsae.datasets import openimages, urllists
 from xsae.download import DownloadReport
+from xsae.errors import ConfigError
 from xsae.rehearsal.datasets import (
     cc3m_tsv,
     csv_bytes,
@@ -367,6 +368,27 @@ def test_laion_subset_from_a_csv_list(server, tmp_path):
                                list_urls={"all": server.url("/lists/laion.csv")})
     check_laion(root, record, rows, 0.5)
     assert {urllists.hash_split(i, 0.5) for i in range(12)} == {"train", "test"}, "both splits used"
+
+
+def test_laion_subset_without_hold_out_downloads_once_and_both_splits_are_every_pair(server, tmp_path):
+    """test_fraction 0, as the sharedness paper trains and compares on all pairs."""
+    rows = laion_rows(server)
+    server.add("/lists/laion.csv", csv_bytes(LAION_HEADER, rows))
+    root = tmp_path / "laion"
+    record = urllists.download(root, dataset="laion_subset", workers=3, progress=False, test_fraction=0,
+                               list_urls={"all": server.url("/lists/laion.csv")})
+    assert record["splits"]["train"] == record["splits"]["test"]
+    assert (record["splits"]["test"]["rows"], record["splits"]["test"]["resolved"]) == (12, 10)
+    fetched = [path for path in image_requests(server) if path.startswith("/laion/")]
+    assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == 11  # 10 images, one 404, once each
+    tables = {split: urllists.samples(root, split, dataset="laion_subset") for split in ("train", "test")}
+    pd.testing.assert_frame_equal(tables["train"], tables["test"])
+    rows_kept = [int(sample.rsplit("_", 1)[1]) for sample in tables["test"]["sample_id"]]
+    assert rows_kept == [i for i in range(12) if i not in (3, 7)]
+    assert not (root / "images" / "test").exists() and not (root / "reports" / "test").exists()
+    with pytest.raises(ConfigError, match=r"test_fraction: expected a number in \[0, 1\)"):
+        urllists.download(tmp_path / "bad", dataset="laion_subset", progress=False, test_fraction=1,
+                          list_urls={"all": server.url("/lists/laion.csv")})
 
 
 def test_laion_subset_from_parquet(server, tmp_path):

@@ -52,6 +52,9 @@ def clone(tmp_path_factory) -> Path:
         re.sub(r"(?m)^software-deployment-method:.*$", "", profile), encoding="utf-8")
     # the README's example of a user's own overlay on the default
     (root / "my.yaml").write_text("seed: 1\n", encoding="utf-8")
+    # the folder config/examples/own_data.yaml points at (its table; a dry run reads no image)
+    (root / "my_images").mkdir()
+    (root / "my_images" / "captions.csv").write_text("file,caption,labels\n", encoding="utf-8")
     return root
 
 
@@ -122,9 +125,11 @@ def test_readme_command_works_from_a_fresh_clone(clone, command):
     if argv[0] == "snakemake" or (Path(argv[0]).name == "xsae" and argv[1:2] in (["rehearsal"], ["run"])):
         assert "Job stats:" in output, output[-2000:]
         paper = "config/paper.yaml" in argv
-        # the paper config runs the paper DAG and nothing of the embedded default, and vice versa
-        assert ("download_tuxpaint" in output) is not paper, output[-2000:]
-        assert ("download_dataset" in output) is paper, output[-2000:]
+        own = "config/examples/own_data.yaml" in argv
+        # the paper config (and a user's own folder) run their own DAG and nothing of the embedded
+        # default, and vice versa
+        assert ("download_tuxpaint" in output) is not (paper or own), output[-2000:]
+        assert ("download_dataset" in output) is (paper or own), output[-2000:]
     if "--profile" in argv:
         _assert_every_job_sized(argv, output)
     if argv[0] == "make":

@@ -1,16 +1,19 @@
 """The sharedness experiments' online job (`xsae.sharedness_online`): one encoder pass per modality
 trains every needed layer's SAE of every model of the encoder on every real token; the step holds
 `samples_per_step` samples' tokens; passes split by memory give the same weights as one; a killed
-job resumes to the same weights; nothing is left half-written."""
+job resumes to the same weights; nothing is left half-written; models compared on pooled codes get
+the mean of their tokens' codes over the compared split, and the sharedness_sae job adopts them."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 import pytest
 import torch
 from helpers import stamps_manifests
+from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
@@ -18,7 +21,19 @@ from xsae.config import validate
 from xsae.encoders import Encoder, EncoderSpec
 from xsae.encoders.base import paper_image_transform
 from xsae.errors import ConfigError
-from xsae.sharedness_online import OnlineSAE, OnlineSettings, log_file, train_online, weights_file
+from xsae.metrics.reconstruction import nmse_per_sample
+from xsae.sae import Codes, SparseAutoencoder
+from xsae.sharedness_online import (
+    OnlineSAE,
+    OnlineSettings,
+    log_file,
+    pool_codes,
+    pooled_codes_file,
+    pooled_reconstruction_file,
+    train_online,
+    weights_file,
+)
+from xsae.sharedness_runs import adopt_online_sae, read_codes
 
 IMAGE_POSITIONS = (15 * 15, 7 * 7)  # the two feature maps of a 64 × 64 image
 TEXT_LENGTH = 12
@@ -60,8 +75,13 @@ class TwoTower(Encoder):
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    return stamps_manifests(tmp_path_factory.mktemp("online"))["train"]
+def manifests(tmp_path_factory):
+    return stamps_manifests(tmp_path_factory.mktemp("online"))
+
+
+@pytest.fixture(scope="module")
+def manifest(manifests):
+    return manifests["train"]
 
 
 def recipe(**overrides) -> dict:
@@ -163,3 +183,60 @@ def test_recipe_problems_name_the_key(manifest, tmp_path):
         train_online(TwoTower(), manifest, [OnlineSAE("m", "image", 5, recipe(), 0)], tmp_path / "b",
                      settings(), progress=False)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_pool_codes_is_the_mean_of_each_samples_token_codes_with_its_k_largest_kept():
+    # sample 0: tokens {1: 2, 3: 1} and {1: 4, 0: 3}; sample 1: one token {2: 5, 3: 0}; sample 2: none
+    codes = Codes(torch.tensor([[2.0, 1.0], [4.0, 3.0], [5.0, 0.0]]), torch.tensor([[1, 3], [1, 0], [2, 3]]))
+    pooled = pool_codes(codes, torch.tensor([0, 0, 1]), n_samples=3, n_latents=4, k=2)
+    # sample 0: mean code (1.5, 3, 0, 0.5) → latents 1 and 0; sample 1: (0, 0, 5, 0) → 2, then a zero
+    assert pooled.indices[0].tolist() == [1, 0] and pooled.values[0].tolist() == [3.0, 1.5]
+    assert pooled.indices[1, 0] == 2 and pooled.values[1].tolist() == [5.0, 0.0]
+    assert pooled.values[2].tolist() == [0.0, 0.0]
+    dense = pooled.dense(4)
+    assert torch.equal(dense[0], torch.tensor([1.5, 3.0, 0.0, 0.0]))
+
+
+def test_pooled_codes_are_the_trained_saes_codes_of_every_token_of_the_compared_split(manifests, tmp_path):
+    pooled_sae = OnlineSAE("img", "image", 0, recipe(), 0, compared="pooled_codes")
+    saes = [pooled_sae, SAES[1], SAES[3]]  # one pooled, two compared on their global token
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="pooled codes: give the compared split's manifest"):
+        train_online(TwoTower(), manifests["train"], saes, out, settings(), progress=False)
+    summary = train_online(TwoTower(), manifests["train"], saes, out, settings(), progress=False,
+                           compared_manifest=manifests["test"])
+    assert [p["saes"] for p in summary["pooled_passes"]] == [["img/layer00"]]
+    assert not pooled_codes_file(out, "img", 1).exists() and not pooled_codes_file(out, "txt", 1).exists()
+    # the same codes, computed here by hand from the trained SAE and every token of every test image
+    test = pd.read_csv(manifests["test"])
+    model = SparseAutoencoder.load(weights_file(out, "img", 0)).eval()
+    encoder = TwoTower()
+    expected, errors = [], []
+    with torch.no_grad():
+        for path in test["image_path"]:
+            image = encoder.prepare("image", [encoder.image_transform()(Image.open(path))])
+            tokens, _ = encoder.encode("image", image, all_tokens=True).tokens[0]
+            (codes,) = model.encode([tokens])
+            errors.append(nmse_per_sample(model.decode(0, codes), tokens))
+            mean = codes.dense(model.config.n_latents).mean(dim=0)
+            top = mean.topk(model.config.k)
+            expected.append((top.values, top.indices))
+    stored = read_codes(pooled_codes_file(out, "img", 0))
+    assert stored.sample_ids == test["sample_id"].tolist() and stored.n_latents == model.config.n_latents
+    torch.testing.assert_close(stored.codes.values, torch.stack([v for v, _ in expected]),
+                               rtol=1e-5, atol=1e-6)
+    assert torch.equal(stored.codes.indices, torch.stack([i for _, i in expected]))
+    tally = json.loads(pooled_reconstruction_file(out, "img", 0).read_text())
+    assert tally["n_tokens"] == len(test) * IMAGE_POSITIONS[0] and tally["n_samples"] == len(test)
+    assert tally["nmse"] == pytest.approx(float(torch.cat(errors).double().mean()), rel=1e-5)
+
+    # the sharedness_sae job takes the codes as they are, and reports the tokens' reconstruction
+    adopted = {name: tmp_path / name for name in ("weights.safetensors", "log.csv", "codes.npz", "recon.csv")}
+    report = adopt_online_sae(out, "img", 0, None, device="cpu", weights_path=adopted["weights.safetensors"],
+                              log_path=adopted["log.csv"], codes_path=adopted["codes.npz"],
+                              reconstruction_path=adopted["recon.csv"], labels={"model": "img"})
+    assert adopted["codes.npz"].read_bytes() == pooled_codes_file(out, "img", 0).read_bytes()
+    rows = pd.read_csv(adopted["recon.csv"]).set_index("metric")["value"]
+    assert rows["nmse"] == pytest.approx(tally["nmse"]) and rows["n_samples"] == len(test)
+    assert rows["nmse_ratio"] == pytest.approx(rows["nmse"] / rows["train_nmse"])
+    assert report["compared_nmse"] == pytest.approx(tally["nmse"]) and report["n_test"] == len(test)

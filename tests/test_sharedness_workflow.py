@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from helpers import REPO, make_stamps_tree, stamps_manifests, tiny_config, write
 from test_workflow import planned_jobs, snakemake
 from torch import nn
 
+from xsae import plan
 from xsae.config import load, validate
 from xsae.encoders import Encoder, EncoderSpec
 from xsae.errors import ConfigError, DataError
@@ -137,6 +139,8 @@ def test_recipe_defaults_are_the_papers_and_models_override_them():
     (lambda s: s["models"]["txt"].update(sae={"lr": -1}), "sharedness.models.txt.sae.lr"),
     (lambda s: s["tables"]["t_all"].update(dataset="elsewhere"), "unknown dataset 'elsewhere'"),
     (lambda s: s.update(training_data="tokens"), "layer_tokens > 0"),
+    (lambda s: s["models"]["img_a"].update(compared="pooled_codes"),
+     "sharedness.models.img_a.compared: pooled_codes are computed by the encoder's online job"),
     (lambda s: s["models"]["img_a2"].update(label="A (I)")
      or s["tables"]["t_all"]["sources"].append("img_a2"), "share the label"),
     (lambda s: s.update(comparative={"c": {"dataset": "d", "model": "img_a", "shared_with": ["txt"],
@@ -163,6 +167,25 @@ def test_dataset_without_encoder_features_is_refused():
     raw["features"]["d"] = ["cnn_a", "text", "flat"]
     with pytest.raises(ConfigError, match=r"needs encoder 'cnn_b' in features\.d"):
         validate(raw)
+
+
+def test_a_model_compared_on_pooled_codes_needs_no_stored_features():
+    """The online job encodes every token itself: the encoder need not be extracted, and the plan
+    moves the model's encoding into that job, with a pass over the compared split."""
+    raw = _config()
+    raw["sharedness"].update(training_data="online", compare_split="test")
+    raw["sharedness"]["models"]["img_b"]["compared"] = "pooled_codes"
+    raw["features"]["d"] = ["cnn_a", "text", "flat"]
+    config = validate(raw)
+    assert plan.feature_splits(config, "d", "cnn_a") == ("test",)
+    frame = plan.costs_frame(plan.make_plan(config))
+    adopted = frame[frame["job"].str.startswith("sharedness/d/img_b/")]
+    assert len(adopted) and (adopted["rule"] == "sharedness_sae").all() and (adopted["tflops"] == 0).all()
+    pooled = frame[frame["job"].str.match(r"sharedness/d/online/cnn_b/img_b/layer\d\d/pooled_codes")]
+    assert len(pooled) == len(adopted) and (pooled["rule"] == "sharedness_online").all()
+    assert (pooled["tflops"] > 0).all()
+    assert (frame["job"] == "sharedness/d/online/cnn_b/pooling_pass").sum() == 1
+    assert (frame["job"] == "sharedness/d/online/cnn_a/pooling_pass").sum() == 0
 
 
 # ---- codes and their comparison ---------------------------------------------------------------------
@@ -549,7 +572,11 @@ def test_paper_dag_covers_every_sharedness_item(tmp_path):
     for figure in ("layerwise_figure1", "comparative_figure2", "comparative_figure3", "comparative_figure4"):
         assert f"results/figures/sharedness_{figure}.png" in dry, figure
     blocks = [block for block in dry.split("\n\n") if "rule sharedness_sae:" in block]
-    assert blocks and all("gpu=1" in block for block in blocks)
+    pooled_sae = re.compile(r"sharedness/\w+/sae/(siglip2_[lb]_img|mambavision_b)/")
+    pooled = [block for block in blocks if pooled_sae.search(block)]
+    # models compared on pooled codes take them from the online job: no features read, no GPU
+    assert pooled and all("gpu=0" in block and "results/features/" not in block for block in pooled)
+    assert all("gpu=1" in block for block in blocks if block not in pooled)
     # compared on the training samples, as the authors did (compare_split: train)
     clip = next(block for block in blocks if "results/sharedness/coco/sae/clip_l_img/layer23/" in block)
     assert "results/features/coco/train/sh_clip_l14.h5" in clip and "/test/" not in clip

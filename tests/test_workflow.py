@@ -84,9 +84,10 @@ def test_paper_dag_builds(tmp_path):
     # SPARC: Open Images 8 models, COCO 2 (× 2 splits); heterogeneity: CC-3M 4 (× 2), COCO captions
     # 8 (× 2), ImageNet val and its prompts 4 each (test only)
     extraction = (8 + 2) * 2 + 4 * 2 + 8 * 2 + 4 + 4
-    # sharedness: 15 encoders on COCO (MambaVision included), the 7 large on LAION and Flowers; the
-    # per-layer SAEs train online, and compare the training samples' global tokens (compare_split)
-    extraction += (15 + 7 + 7) * 2
+    # sharedness: 14 encoders on COCO, the 7 large on LAION and Flowers; the per-layer SAEs train
+    # online, and compare the training samples' global tokens (compare_split): only the train split
+    # is extracted, and not for MambaVision, compared on pooled codes the online job computes
+    extraction += 14 + 7 + 7
     # sharedness: 10 large encoders' layers on 3 datasets, 10 base on COCO, 3 seed controls, the last
     # layer of MambaVision on COCO
     sharedness_saes = 3 * (24 * 8 + 12 * 2) + 12 * 10 + (24 + 12 + 1) + 1

@@ -189,6 +189,10 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
                 f"  encoders.{name}.loader: unknown loader {encoder['loader']!r}; "
                 f"available loaders: {', '.join(sorted(LOADER_MODALITIES))}"
             )
+        if (encoder["loader"] == "python") != bool(encoder.get("entry")):
+            problems.append(f"  encoders.{name}.entry: " + (
+                "loader python needs entry: 'package.module:function'" if encoder["loader"] == "python"
+                else f"only loader python takes an entry (this one is {encoder['loader']!r})"))
     for name, entry in datasets.items():
         described = entry.get("classes_of")
         if entry["kind"] == "class_prompts" and (described not in datasets or described == name):

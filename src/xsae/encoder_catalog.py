@@ -18,4 +18,7 @@ LOADER_MODALITIES: dict[str, tuple[str, ...]] = {
     "hf_vision": ("image",),
     "hf_text": ("text",),
     "sentence_transformers": ("text",),
+    # your own: any of the two (the loader checks what the object encodes), and timm's backbones
+    "python": ("image", "text"),
+    "timm": ("image",),
 }

@@ -34,7 +34,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from xsae.datasets import TEST_ONLY_KINDS
 from xsae.errors import ConfigError
+from xsae.sharedness_config import (
+    POOLED_CODES,
+    comparison_pairs,
+    layer_saes,
+    layers_needed,
+    model_uses,
+    sae_entry,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET_SIZES_PATH = REPO / "config" / "dataset_sizes.yaml"
@@ -42,8 +51,6 @@ COSTS_PATH = REPO / "config" / "costs.yaml"
 RECIPES_PATH = REPO / "config" / "paper_recipes.yaml"
 
 STAGES = ("extraction", "training", "evaluation")
-#: Kinds whose train split is empty by construction (features exist for the test split only).
-TEST_ONLY_KINDS = ("imagenet_val", "class_prompts")
 #: Dataset kinds with a `max_images` option that caps the rows of each split.
 CAPPED_KINDS = ("open_images_v7", "laion_subset", "cc3m", "hub_image_text")
 GB = 1e9
@@ -135,6 +142,25 @@ def _manifest_rows(path: Path) -> int:
     return len(pd.read_csv(path, usecols=[0]))
 
 
+def _folder_count(entry: Mapping[str, Any], dataset: str, split: str) -> Count:
+    """Rows of an image_folder split, from its table before anything is checked (rows the download
+    will skip are counted)."""
+    from xsae.datasets.folder import read_table
+
+    options = entry.get("options") or {}
+    if not entry.get("provided"):
+        raise ConfigError(f"datasets.{dataset}.provided: an image_folder dataset needs its folder")
+    path = Path(entry["provided"]) / options.get("table", "captions.csv")
+    table = read_table(path)
+    if options.get("split_column"):
+        values = table[options["split_column"]].astype(str).str.strip().str.lower()
+        return Count(int((values == split).sum()), f"{path}: rows with {options['split_column']} = {split}")
+    fraction = float(options.get("test_fraction", 0.2))
+    test = round(len(table) * fraction)
+    return Count(len(table) - test if split == "train" else test,
+                 f"{len(table)} rows of {path} × {1 - fraction if split == 'train' else fraction:g}")
+
+
 def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: PlanData,
                   manifests: Path | None = None) -> Count:
     """Rows of one split of a configured dataset: from its manifest when it exists, else from
@@ -146,6 +172,8 @@ def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: Pla
             return Count(_manifest_rows(manifest), f"manifest {manifest}")
     entry = config["datasets"][dataset]
     kind = entry["kind"]
+    if kind == "image_folder":
+        return _folder_count(entry, dataset, split)
     kinds = data.sizes["kinds"]
     where = data.sizes_path
     if kind not in kinds:
@@ -168,26 +196,23 @@ def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: Pla
                                f"kinds.class_prompts.templates.{templates_spec}")
         return Count(classes.count * templates.count, f"{classes.count} classes ({classes.source}) × "
                      f"{templates.count} templates")
-    if kind == "laion_subset":
-        total = _count(sizes.get("total"), where, "kinds.laion_subset.total")
-        fraction = float(options.get("test_fraction", sizes.get("default_test_fraction", 0.1)))
-        test = round(total.count * fraction)
-        share = 1 - fraction if split == "train" else fraction
-        count = Count(total.count - test if split == "train" else test,
-                      f"{total.count} pairs ({total.source}) × {share:g}")
-    elif kind == "hub_image_text":
-        repo, listed = options.get("repo"), (sizes.get("repos") or {}).get(options.get("repo"))
-        if listed is None and options.get("max_rows") is not None:  # a repository of known size
-            total = Count(int(options["max_rows"]), f"datasets.{dataset}.options.max_rows")
+    if kind in ("laion_subset", "hub_image_text"):  # rows held out by a hash at test_fraction
+        if kind == "laion_subset":
+            total, what = _count(sizes.get("total"), where, "kinds.laion_subset.total"), "pairs"
         else:
-            total = _count(listed, where, f"kinds.hub_image_text.repos.{repo}")
+            repo, listed = options.get("repo"), (sizes.get("repos") or {}).get(options.get("repo"))
+            if listed is None and options.get("max_rows") is not None:  # a repository of known size
+                total = Count(int(options["max_rows"]), f"datasets.{dataset}.options.max_rows")
+            else:
+                total = _count(listed, where, f"kinds.hub_image_text.repos.{repo}")
+            what = f"rows of {repo}"
         fraction = float(options.get("test_fraction", sizes.get("default_test_fraction", 0.1)))
         if fraction:  # a stable hold-out
             test = round(total.count * fraction)
             rows, share = (total.count - test, 1 - fraction) if split == "train" else (test, fraction)
         else:  # no hold-out: both splits are every row
             rows, share = total.count, 1
-        count = Count(rows, f"{total.count} rows of {repo} ({total.source}) × {share:g}")
+        count = Count(rows, f"{total.count} {what} ({total.source}) × {share:g}")
     elif kind == "tuxpaint_stamps":
         fraction = float(entry.get("test_fraction", sizes.get("default_test_fraction", 0.2)))
         if math.isclose(fraction, float(sizes.get("default_test_fraction", 0.2))):
@@ -222,10 +247,10 @@ def dataset_splits(config: Mapping[str, Any], dataset: str) -> tuple[str, ...]:
 
 
 def feature_splits(config: Mapping[str, Any], dataset: str, encoder: str) -> tuple[str, ...]:
-    """The splits of `dataset` whose `encoder` features are extracted: the test split always, the
-    train split when something reads its stored features (an SAE run's stream; a sharedness model's
-    per-layer SAEs when they train on them rather than online, streaming the encoder, or when
-    they compare the train split)."""
+    """The splits of `dataset` whose `encoder` features are extracted: both for an SAE run's
+    stream; for the encoder of a sharedness model used on `dataset` that compares stored global
+    tokens, the compared split and, unless its per-layer SAEs train online (streaming the encoder),
+    the train split; else the test split."""
     splits = dataset_splits(config, dataset)
     if "train" not in splits:
         return splits
@@ -234,11 +259,15 @@ def feature_splits(config: Mapping[str, Any], dataset: str, encoder: str) -> tup
         if run["dataset"] == dataset and any(streams[name]["encoder"] == encoder for name in run["streams"]):
             return splits
     sharedness = config.get("sharedness") or {}
-    reads_train = (sharedness.get("training_data", "global") != "online"
-                   or sharedness.get("compare_split", "test") == "train")
-    models = (sharedness.get("models") or {}).values()
-    if reads_train and any(model["encoder"] == encoder for model in models):
-        return splits
+    models = sharedness.get("models") or {}
+    readers = [models[model] for _, used_on, model, _ in model_uses(config)
+               if used_on == dataset and model in models and models[model]["encoder"] == encoder
+               and models[model].get("compared") != POOLED_CODES]  # pooled codes come from the online job
+    if readers:
+        read = {sharedness.get("compare_split", "test")}
+        if sharedness.get("training_data", "global") != "online":
+            read.add("train")
+        return tuple(split for split in splits if split in read)
     return ("test",)
 
 
@@ -288,7 +317,8 @@ def _architecture_entry(data: PlanData, key: str, config_key: str) -> Mapping[st
     while True:
         if key not in archs:
             raise ConfigError(f"{data.costs_path}: encoders.{key}: no architecture figures for {config_key} "
-                              f"(model or loader {key!r}); add its widths, layers and tokens there")
+                              f"(model or loader {key!r}); add its widths, layers and tokens there, or "
+                              f"give {config_key}.architecture in the config")
         entry = archs[key]
         if "same_as" not in entry:
             return entry
@@ -303,13 +333,17 @@ def towers(config: Mapping[str, Any], encoder: str, data: PlanData) -> dict[str,
     a rehearsal's stand-in by the model it stands in for)."""
     entry = config["encoders"][encoder]
     key = entry.get("stands_in_for") or entry.get("model") or entry["loader"]
-    arch = _architecture_entry(data, key, f"encoders.{encoder}")
+    if entry.get("architecture"):  # an encoder of the user's own describes itself
+        arch, where_arch = entry["architecture"], f"encoders.{encoder}.architecture"
+    else:
+        arch = _architecture_entry(data, key, f"encoders.{encoder}")
+        where_arch = f"{data.costs_path}: encoders.{key}"
     out = {}
     for modality in ("image", "text"):
         spec = arch.get(modality)
         if spec is None:
             continue
-        where = f"{data.costs_path}: encoders.{key}.{modality}"
+        where = f"{where_arch}.{modality}"
         try:
             if "layer_widths" in spec:
                 layer_widths = tuple(int(w) for w in spec["layer_widths"])
@@ -327,7 +361,7 @@ def towers(config: Mapping[str, Any], encoder: str, data: PlanData) -> dict[str,
         if out[modality].real_tokens and len(out[modality].real_tokens) != len(layer_widths):
             raise ConfigError(f"{where}: real_tokens and layer_widths differ in length")
     if not out:
-        raise ConfigError(f"{data.costs_path}: encoders.{key}: neither image nor text figures")
+        raise ConfigError(f"{where_arch}: neither image nor text figures")
     return out
 
 
@@ -491,7 +525,6 @@ def expand(config: Mapping[str, Any]) -> dict[str, Any]:
                 "n_eval": generator.n_eval,
                 "concepts": generator.n_shared + generator.n_image + generator.n_text})
     if (config.get("sharedness") or {}).get("models"):
-        from xsae.sharedness_config import comparison_pairs, layer_saes, layers_needed, sae_entry
 
         for sae in layer_saes(config):
             entry = sae_entry(config, sae.model)
@@ -773,28 +806,36 @@ def _training_row(job: TrainingJob, data: PlanData, devices: _Devices, device: s
 
 
 def training_costs(config: Mapping[str, Any], jobs: Sequence[TrainingJob], data: PlanData,
-                   devices: _Devices) -> list[CostRow]:
-    sharedness_gpu = bool((config.get("sharedness") or {}).get("gpu"))
+                   devices: _Devices, manifests: Path | None = None) -> list[CostRow]:
+    spec = config.get("sharedness") or {}
+    sharedness_gpu = bool(spec.get("gpu"))
     rows = []
-    # (dataset, encoder) of every online job → its modalities and training samples
-    passes: dict[tuple[str, str], tuple[set[str], int]] = {}
+    # (dataset, encoder) of every online job → the modalities it trains, and those it pools codes of
+    passes: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
     for job in jobs:
         device = devices.of(job.rule, sharedness_gpu if job.family == "sharedness" else False)
         rows.append(_training_row(job, data, devices, device))
         if job.rule == "sharedness_online":
-            encoder = config["sharedness"]["models"][job.job.split("/")[-2]]["encoder"]
-            samples = job.rows // max(job.tokens_per_sample, 1)
-            modalities, _ = passes.setdefault((job.dataset, encoder), (set(), samples))
-            modalities.add(job.modality)
-    for (dataset, encoder), (modalities, samples) in passes.items():  # the online jobs' encoder passes
+            model = spec["models"][job.job.split("/")[-2]]
+            trained, pooled = passes.setdefault((job.dataset, model["encoder"]), (set(), set()))
+            trained.add(job.modality)
+            if model.get("compared") == POOLED_CODES:
+                pooled.add(job.modality)
+    # the online jobs' encoder passes: over the training samples, then the compared ones for pooled codes
+    for (dataset, encoder), (trained, pooled) in passes.items():
         device = devices.of("sharedness_online", sharedness_gpu)
-        found = {m: t for m, t in towers(config, encoder, data).items() if m in modalities}
-        flops = samples * sum(t.flops(caption_tokens(config, dataset, data)) for t in found.values())
-        seconds, rate = devices.seconds(device, "inference", flops)
-        rows.append(CostRow("training", f"{online_job(dataset, encoder)}/encoder_pass",
-                            f"sharedness/{dataset}", "sharedness_online", device, samples, flops,
-                            seconds / 3600, 0.0, sum(t.params for t in found.values()) * 4.0,
-                            _basis(device, rate)))
+        for name, split, modalities in (("encoder_pass", "train", trained),
+                                        ("pooling_pass", spec.get("compare_split", "test"), pooled)):
+            if not modalities:
+                continue
+            samples = dataset_count(config, dataset, split, data, manifests).count
+            found = {m: t for m, t in towers(config, encoder, data).items() if m in modalities}
+            flops = samples * sum(t.flops(caption_tokens(config, dataset, data)) for t in found.values())
+            seconds, rate = devices.seconds(device, "inference", flops)
+            rows.append(CostRow("training", f"{online_job(dataset, encoder)}/{name}",
+                                f"sharedness/{dataset}", "sharedness_online", device, samples, flops,
+                                seconds / 3600, 0.0, sum(t.params for t in found.values()) * 4.0,
+                                _basis(device, rate)))
     return rows
 
 
@@ -910,9 +951,20 @@ def _sharedness_evaluation(config: Mapping[str, Any], jobs: Sequence[TrainingJob
         dataset, (model, layer) = job.dataset, job.job.split("/")[-2:]
         latents[dataset, model, int(layer.removeprefix("layer"))] = job.n_latents
         n = compared(dataset)
+        name, group = f"sharedness/{dataset}/{model}/{layer}", f"sharedness/{dataset}"
+        if spec["models"][model].get("compared") == POOLED_CODES:
+            # every token of the compared split, in the online job; the SAE job copies the codes
+            tokens = n * job.tokens_per_sample
+            rows.append(_evaluation_row(f"{job.job.rsplit('/', 2)[0]}/{model}/{layer}/pooled_codes", group,
+                                        "sharedness_online", devices.of("sharedness_online", gpu), n,
+                                        2 * tokens * job.encode_flops_per_row, devices, "matmul",
+                                        n * job.k * 12.0, job.held_rows * job.widths[0] * 4.0))
+            rows.append(_evaluation_row(f"{name}/adopt", group, "sharedness_sae",
+                                        devices.of("sharedness_sae"), n, 0.0, devices, "matmul",
+                                        n * job.k * 12.0, n * job.k * 12.0 + job.parameters * 4.0))
+            continue
         device = devices.of("sharedness_sae", gpu)
-        rows.append(_evaluation_row(f"sharedness/{dataset}/{model}/{layer}/encode",
-                                    f"sharedness/{dataset}", "sharedness_sae", device, n,
+        rows.append(_evaluation_row(f"{name}/encode", group, "sharedness_sae", device, n,
                                     2 * n * job.encode_flops_per_row, devices, "matmul",
                                     n * job.k * 12.0, n * job.widths[0] * 4.0 + job.parameters * 4.0))
     needed = expansion["sharedness_layers"]
@@ -998,7 +1050,7 @@ def make_plan(config: Mapping[str, Any], *, data: PlanData | None = None, device
             *sharedness_jobs(config, data, expansion, manifest_dir)]
     compare_with_papers(jobs, config, data)
     costs = [*extraction_costs(config, data, devices, expansion, manifest_dir),
-             *training_costs(config, jobs, data, devices),
+             *training_costs(config, jobs, data, devices, manifest_dir),
              *evaluation_costs(config, jobs, data, devices, expansion, manifest_dir)]
     datasets = []
     for name, entry in config["datasets"].items():

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from xsae.datasets import TEST_ONLY_KINDS  # kinds without a train split: nothing to train a per-layer SAE on
 from xsae.encoder_catalog import LOADER_MODALITIES
 from xsae.errors import ConfigError
-from xsae.plan import TEST_ONLY_KINDS  # kinds without a train split: nothing to train a per-layer SAE on
 
 #: sae_runs keys that each per-layer SAE sets itself.
 RESERVED_SAE_KEYS = ("method", "dataset", "streams", "n_latents")
@@ -95,6 +95,11 @@ def layer_saes(config: Mapping[str, Any]) -> list[LayerSAE]:
             for (dataset, model), layers in layers_needed(config).items() for layer in layers]
 
 
+#: `sharedness.models.<name>.compared`: the comparisons encode pooled codes of every real token,
+#: computed by the encoder's online job (else the layer's stored global token).
+POOLED_CODES = "pooled_codes"
+
+
 def online_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """(dataset, encoder) → the SAEs its sharedness_online job trains (training_data online): every
     needed layer of every model of that encoder, both modalities and every seed, in config order.
@@ -108,7 +113,8 @@ def online_jobs(config: Mapping[str, Any]) -> dict[tuple[str, str], list[dict[st
         for layer in layers:
             jobs.setdefault((dataset, entry["encoder"]), []).append(
                 {"model": model, "modality": entry["modality"], "layer": layer,
-                 "entry": sae_entry(config, model), "seed": sae_seed(config, model)})
+                 "entry": sae_entry(config, model), "seed": sae_seed(config, model),
+                 "compared": entry.get("compared", "global_token")})
     return jobs
 
 
@@ -230,6 +236,9 @@ def validate_sharedness(config: dict[str, Any], validator: Any, source: str = "c
         if spec["training_data"] == "online" and sae_entry(config, name)["epochs"] != 1:
             problems.append(f"  {key}.sae.epochs: training_data online makes one pass over the data; "
                             "set epochs: 1 (sharedness.sae or the model's sae)")
+        if model.get("compared") == POOLED_CODES and spec["training_data"] != "online":
+            problems.append(f"  {key}.compared: pooled_codes are computed by the encoder's online job; set "
+                            "sharedness.training_data: online, or compare the global token (global_token)")
         if spec["training_data"] == "tokens" and not encoder.get("layer_tokens"):
             problems.append(f"  {key}.encoder: training_data tokens needs encoders.{model['encoder']}."
                             "layer_tokens > 0")
@@ -246,7 +255,8 @@ def validate_sharedness(config: dict[str, Any], validator: Any, source: str = "c
             problems.append(f"  {where}.dataset: {dataset!r} ({datasets[dataset]['kind']}) has no train "
                             "split to train per-layer SAEs on")
         encoder = spec["models"][model]["encoder"]
-        if encoder not in features.get(dataset, []):
+        reads_features = spec["models"][model].get("compared") != POOLED_CODES
+        if reads_features and encoder not in features.get(dataset, []):
             problems.append(f"  {where}: model {model!r} needs encoder {encoder!r} in features.{dataset}")
         if scope == "all" and spec["models"][model]["last_layer_only"]:
             problems.append(f"  {where}: model {model!r} is last_layer_only; use it where layers: last")

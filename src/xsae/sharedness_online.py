@@ -11,6 +11,13 @@ as that many samples produce (16 images, 256 captions), so the pass has samples 
 steps; the tokens of a step come from a shuffling buffer mixing `mix_samples` samples rather than
 from exactly those samples. Without it, `batch_size` counts tokens.
 
+Models whose layer's global token is not one of the tokens their SAEs train on (SigLIP2's image
+tower has no CLS token; Swin, MambaVision and mean-pooled text encoders store a mean) are compared
+on pooled codes (`compared: pooled_codes`): after training, one more pass of the encoder over the
+compared split encodes every real token through each such SAE, and a sample's code is the mean of
+its tokens' codes with its k largest kept (as many active latents as one token has). The same pass
+measures the SAE's reconstruction of those tokens, the vectors it is compared on.
+
 Layers whose SAEs, optimizer states and buffers exceed `memory_budget` are trained in groups, one
 pass per group (logged). Seeded and resumable: finished groups are kept beside the output, the
 running group checkpointed every `checkpoint_every` samples; a killed job resumes to the same
@@ -37,12 +44,14 @@ from xsae.datasets.manifest import read_manifest
 from xsae.encoders import Encoder
 from xsae.errors import ConfigError, DataError
 from xsae.features import encoder_batches
-from xsae.io import atomic_path
+from xsae.io import atomic_path, write_json
+from xsae.metrics.reconstruction import ReconstructionAccumulator
 from xsae.online_training import LayerTrainer, OnlineTrainer, buffer_rows, layer_groups
 from xsae.progress import progress as progress_bar
 from xsae.runs import normalize_inputs, sae_config_for_run, training_config
-from xsae.sae import SparseAutoencoder
-from xsae.sharedness_config import layer_run
+from xsae.sae import Codes, SparseAutoencoder, read_metadata
+from xsae.sharedness_config import POOLED_CODES, layer_run
+from xsae.sharedness_runs import LayerCodes, write_codes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +69,8 @@ class OnlineSAE:
     layer: int
     entry: Mapping[str, Any]
     seed: int
+    #: what the comparisons encode: the layer's stored global token, or pooled codes of its tokens
+    compared: str = "global_token"
 
     @property
     def name(self) -> str:
@@ -72,6 +83,14 @@ def weights_file(folder: str | Path, model: str, layer: int) -> Path:
 
 def log_file(folder: str | Path, model: str, layer: int) -> Path:
     return Path(folder) / model / f"layer{layer:02d}_training_log.csv"
+
+
+def pooled_codes_file(folder: str | Path, model: str, layer: int) -> Path:
+    return Path(folder) / model / f"layer{layer:02d}_pooled_codes.npz"
+
+
+def pooled_reconstruction_file(folder: str | Path, model: str, layer: int) -> Path:
+    return Path(folder) / model / f"layer{layer:02d}_pooled_reconstruction.json"
 
 
 @dataclass(frozen=True)
@@ -176,15 +195,21 @@ class _Pass:
 
 
 def train_online(encoder: Encoder, manifest_path: str | Path, saes: Sequence[OnlineSAE], out_dir: str | Path,
-                 settings: OnlineSettings, *, progress: bool = True) -> dict[str, Any]:
+                 settings: OnlineSettings, *, compared_manifest: str | Path | None = None,
+                 progress: bool = True) -> dict[str, Any]:
     """Train every SAE of `saes` from `encoder`'s tokens of every manifest row; write
-    `<model>/layerNN.safetensors` and its training log under `out_dir`, atomically.
+    `<model>/layerNN.safetensors` and its training log under `out_dir`, atomically; for SAEs
+    compared on pooled codes, also their pooled codes of every row of `compared_manifest` and
+    their reconstruction of its tokens.
 
     Work in progress lives in `out_dir` + ".partial" (finished groups, the checkpoint of the
-    running one), so that a killed job resumes where it stopped.
+    running one, finished pooled codes), so that a killed job resumes where it stopped.
     """
     if not saes:
         raise ValueError("online training needs at least one SAE")
+    pooled = [sae for sae in saes if sae.compared == POOLED_CODES]
+    if pooled and compared_manifest is None:
+        raise ValueError(f"{pooled[0].name} is compared on pooled codes: give the compared split's manifest")
     manifest_path, out_dir = Path(manifest_path), Path(out_dir)
     partial = out_dir.with_name(out_dir.name + ".partial")
     table = read_manifest(manifest_path)
@@ -219,6 +244,12 @@ def train_online(encoder: Encoder, manifest_path: str | Path, saes: Sequence[Onl
             index += 1
         for sae in chosen:
             summary["saes"][sae.name] = history_summary(pd.read_csv(log_file(partial, sae.model, sae.layer)))
+        todo = [sae for sae in pooled if sae.modality == modality
+                and not pooled_reconstruction_file(partial, sae.model, sae.layer).is_file()]
+        if todo:
+            summary.setdefault("pooled_passes", []).append(
+                _pooling_pass(encoder, modality, todo, Path(compared_manifest), partial, settings,
+                              progress=progress))
     (partial / CHECKPOINT).unlink(missing_ok=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -280,6 +311,70 @@ def _train_pass(encoder: Encoder, run_pass: _Pass, table: pd.DataFrame, manifest
             "samples_per_s": round(samples / max(seconds, 1e-9), 1)}
 
 
+def pool_codes(codes: Codes, rows: torch.Tensor, n_samples: int, n_latents: int, k: int) -> Codes:
+    """Per sample, the mean of its tokens' codes (`codes` `[M, k]`, token m of sample `rows[m]`),
+    its `k` largest kept, sorted: `[n_samples, k]`.
+
+    Summed on the CPU in token order, so the result does not depend on the device."""
+    values, indices, rows = codes.values.float().cpu(), codes.indices.cpu(), rows.cpu()
+    dense = torch.zeros(n_samples, n_latents)
+    dense.index_put_((rows.repeat_interleave(indices.shape[1]), indices.reshape(-1)), values.reshape(-1),
+                     accumulate=True)
+    dense /= torch.bincount(rows, minlength=n_samples).clamp_min(1).unsqueeze(1)
+    top = dense.topk(min(k, n_latents), dim=1)
+    return Codes(top.values, top.indices)
+
+
+@torch.no_grad()
+def _pooling_pass(encoder: Encoder, modality: str, saes: Sequence[OnlineSAE], manifest: Path, partial: Path,
+                  settings: OnlineSettings, *, progress: bool) -> dict[str, Any]:
+    """Pooled codes of every row of `manifest` through each trained SAE of `saes`, and each SAE's
+    reconstruction of those rows' tokens (NMSE and R² over tokens, latents that never fire)."""
+    table = read_manifest(manifest)
+    models, norms, tallies, fired, chunks = {}, {}, {}, {}, {}
+    for sae in saes:
+        weights = weights_file(partial, sae.model, sae.layer)
+        models[sae.name] = SparseAutoencoder.load(weights, device=encoder.device).eval()
+        norms[sae.name] = read_metadata(weights)["run"]["input_norm"]
+        tallies[sae.name] = ReconstructionAccumulator()
+        fired[sae.name] = torch.zeros(models[sae.name].config.n_latents, dtype=torch.bool)
+        chunks[sae.name] = []
+    use_autocast = encoder.device.type == "cuda" and settings.autocast_dtype != "float32"
+    start = time.perf_counter()
+    bar = progress_bar(total=len(table), disable=not progress, unit="sample",
+                       desc=f"{encoder.spec.name}/{modality} pooled codes")
+    for size, batch in encoder_batches(encoder, modality, table, manifest, settings.encoder_batch,
+                                       settings.workers):
+        context = (torch.autocast("cuda", dtype=getattr(torch, settings.autocast_dtype))
+                   if use_autocast else nullcontext())
+        with context:
+            out = encoder.encode(modality, batch, all_tokens=True)
+        for sae in saes:
+            model = models[sae.name]
+            tokens, rows = out.tokens[sae.layer]
+            x = normalize_inputs(tokens.float().clone(), norms[sae.name])
+            (codes,) = model.encode([x])
+            tallies[sae.name].update(model.decode(0, codes), x)
+            fired[sae.name][codes.indices[codes.values > 0].cpu()] = True
+            chunks[sae.name].append(pool_codes(codes, rows, size, model.config.n_latents, model.config.k))
+        bar.update(size)
+    bar.close()
+    sample_ids = table["sample_id"].astype(str).tolist()
+    for sae in saes:
+        n_latents = models[sae.name].config.n_latents
+        write_codes(pooled_codes_file(partial, sae.model, sae.layer),
+                    LayerCodes(Codes.concatenate(chunks[sae.name]), n_latents, sample_ids))
+        dead = int((~fired[sae.name]).sum())
+        write_json(pooled_reconstruction_file(partial, sae.model, sae.layer),
+                   {**tallies[sae.name].result(), "n_tokens": tallies[sae.name].n, "n_samples": len(table),
+                    "dead_latents": dead, "dead_fraction": dead / n_latents})
+    seconds = time.perf_counter() - start
+    log.info("%s/%s pooled codes of %d SAEs on %d samples in %.1fs", encoder.spec.name, modality, len(saes),
+             len(table), seconds)
+    return {"modality": modality, "saes": [sae.name for sae in saes], "seconds": round(seconds, 3),
+            "samples": len(table)}
+
+
 def history_summary(history: pd.DataFrame) -> dict[str, Any]:
     """Steps, tokens seen and loss at the last logged interval of an online training log."""
     last = history.iloc[-1] if len(history) else {}
@@ -287,11 +382,14 @@ def history_summary(history: pd.DataFrame) -> dict[str, Any]:
             "final_loss": float(last.get("loss", float("nan")))}
 
 
-def check_layer_output(folder: str | Path, model: str, layer: int) -> tuple[Path, Path]:
-    """The weights and log of one SAE in an online job's output, or an error saying what to run."""
-    weights, history = weights_file(folder, model, layer), log_file(folder, model, layer)
-    for path in (weights, history):
+def check_layer_output(folder: str | Path, model: str, layer: int, *, pooled: bool = False) -> list[Path]:
+    """The weights and log of one SAE in an online job's output (and, `pooled`, its pooled codes
+    and their reconstruction record), or an error saying what to run."""
+    paths = [weights_file(folder, model, layer), log_file(folder, model, layer)]
+    if pooled:
+        paths += [pooled_codes_file(folder, model, layer), pooled_reconstruction_file(folder, model, layer)]
+    for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: not found in the online training output {folder}; rerun the "
                             "sharedness_online job of this encoder and dataset")
-    return weights, history
+    return paths

@@ -22,6 +22,7 @@ the functions here train, encode and compare, on explicit paths, with or without
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -150,34 +151,50 @@ def train_layer_sae(entry: Mapping[str, Any], train_ref: StreamRef, test_ref: St
                                       labels=labels, train_nmse=train_nmse)}
 
 
-def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: StreamRef, *, device: str,
-                     weights_path: str | Path, log_path: str | Path, codes_path: str | Path,
+def adopt_online_sae(online_dir: str | Path, model: str, layer: int, test_ref: StreamRef | None, *,
+                     device: str, weights_path: str | Path, log_path: str | Path, codes_path: str | Path,
                      reconstruction_path: str | Path,
                      labels: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The same outputs as `train_layer_sae` for an SAE its encoder's online job trained: its
-    weights (a hard link where the file system allows, else a copy) and log, its test codes and
-    held-out reconstruction rows."""
+    weights (a hard link where the file system allows, else a copy) and log, and its codes and
+    reconstruction rows of the compared split: of the stored global tokens `test_ref`, or, with
+    `test_ref` None, the pooled codes the online job wrote and its reconstruction of their tokens."""
     from xsae.sharedness_online import check_layer_output, history_summary
 
-    weights, history = check_layer_output(online_dir, model, layer)
+    weights, history, *pooled = check_layer_output(online_dir, model, layer, pooled=test_ref is None)
     metadata = read_metadata(weights)
     run, trained_width = metadata["run"], metadata["sae_config"]["input_dims"][0]
-    width = layer_width(test_ref)
-    if width != trained_width:
-        raise DataError(f"{test_ref.path}: {test_ref.key} has width {width}, the SAE {weights} was trained "
-                        f"on width {trained_width}: rerun the sharedness_online job of this encoder")
-    for source, target in ((weights, Path(weights_path)), (history, Path(log_path))):
-        with atomic_path(target) as tmp:
+    if test_ref is not None:
+        width = layer_width(test_ref)
+        if width != trained_width:
+            raise DataError(f"{test_ref.path}: {test_ref.key} has width {width}, the SAE {weights} was "
+                            f"trained on width {trained_width}: rerun the sharedness_online job of this "
+                            "encoder")
+    copies = [(weights, weights_path), (history, log_path)] + ([(pooled[0], codes_path)] if pooled else [])
+    for source, target in copies:
+        with atomic_path(Path(target)) as tmp:
             tmp.unlink()
             try:
                 os.link(source, tmp)
             except OSError:
                 shutil.copyfile(source, tmp)
     trained = pd.read_csv(history)
-    return {**history_summary(trained),
-            **_encode_test(weights_path, test_ref, width, run, device=device, codes_path=codes_path,
-                           reconstruction_path=reconstruction_path, labels=labels,
-                           train_nmse=final_training_nmse(trained))}
+    train_nmse = final_training_nmse(trained)
+    if test_ref is not None:
+        return {**history_summary(trained),
+                **_encode_test(weights_path, test_ref, trained_width, run, device=device,
+                               codes_path=codes_path, reconstruction_path=reconstruction_path, labels=labels,
+                               train_nmse=train_nmse)}
+    tally = json.loads(pooled[1].read_text(encoding="utf-8"))  # the online job's record of the tokens
+    labels = {**(labels or {}), "width": trained_width, "n_latents": run["n_latents"]}
+    stream = metadata["sae_config"]["stream_names"][0]
+    metrics = pd.DataFrame([{**labels, "stream": stream, "source": stream, "metric": metric,
+                             "value": tally[metric]}
+                            for metric in ("nmse", "r2", "dead_latents", "dead_fraction", "n_samples")])
+    compared = _write_reconstruction(metrics, reconstruction_path, train_nmse,
+                                     f"{model} layer {layer}", "pooled codes of every token")
+    return {**history_summary(trained), "width": trained_width, "n_latents": run["n_latents"],
+            "n_test": int(tally["n_samples"]), "train_nmse": train_nmse, "compared_nmse": compared}
 
 
 def final_training_nmse(history: pd.DataFrame) -> float:
@@ -201,18 +218,27 @@ def _encode_test(weights_path: str | Path, test_ref: StreamRef, width: int, run:
     labels = {**(labels or {}), "width": width, "n_latents": run["n_latents"]}
     metrics = evaluate_reconstruction(weights_path, [test_ref], input_norm=run["input_norm"], device=device,
                                       labels=labels)
+    compared = _write_reconstruction(metrics, reconstruction_path, train_nmse, test_ref.name or test_ref.key,
+                                     test_ref.key)
+    return {"width": width, "n_latents": run["n_latents"], "n_test": layer_codes.n_rows,
+            "train_nmse": train_nmse, "compared_nmse": compared}
+
+
+def _write_reconstruction(metrics: pd.DataFrame, path: str | Path, train_nmse: float, name: str,
+                          compared_what: str) -> float:
+    """The reconstruction rows of the compared vectors with the training NMSE and their ratio
+    beside them; warns when the ratio exceeds the guard. Returns the compared vectors' NMSE."""
     compared = float(metrics.loc[metrics["metric"] == "nmse", "value"].iloc[0])
     ratio = compared / train_nmse if train_nmse > 0 else float("nan")
     template = metrics[metrics["metric"] == "nmse"].iloc[0].to_dict()
     extra = pd.DataFrame([{**template, "metric": "train_nmse", "value": train_nmse},
                           {**template, "metric": "nmse_ratio", "value": ratio}])
-    write_metrics(pd.concat([metrics, extra], ignore_index=True), reconstruction_path)
+    write_metrics(pd.concat([metrics, extra], ignore_index=True), path)
     if ratio > NMSE_GUARD and compared > NMSE_FLOOR:
         log.warning("%s: NMSE %.3g on the compared vectors (%s) is %.1f× the %.3g of training: they are not "
                     "the distribution the SAE learned, and their codes say little of its features",
-                    test_ref.name or test_ref.key, compared, test_ref.key, ratio, train_nmse)
-    return {"width": width, "n_latents": run["n_latents"], "n_test": layer_codes.n_rows,
-            "train_nmse": train_nmse, "compared_nmse": compared}
+                    name, compared, compared_what, ratio, train_nmse)
+    return compared
 
 
 # ---- comparisons ------------------------------------------------------------------------------

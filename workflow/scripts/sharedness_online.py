@@ -13,6 +13,7 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake) as job:
     settings = settings_from_config(snakemake.params.online, entry, expansion=snakemake.params.expansion,
                                     workers=min(4, max(0, snakemake.threads - 2)))  # 2 threads: decode inline
     saes = [OnlineSAE(**sae) for sae in snakemake.params.saes]
-    summary = train_online(encoder, snakemake.input.manifest, saes, snakemake.output[0], settings)
+    summary = train_online(encoder, snakemake.input.manifest, saes, snakemake.output[0], settings,
+                           compared_manifest=snakemake.input.get("compared"))
     log.info("%s", summary)
     job.extra.update(summary)

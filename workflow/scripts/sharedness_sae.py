@@ -13,7 +13,8 @@ with script(snakemake) as log, provenance.from_snakemake(snakemake, seed=sae["se
     wildcards = snakemake.wildcards
     name = f"{wildcards.model} layer {wildcards.layer}"
     training_data = snakemake.params.training_data
-    test_ref = StreamRef(Path(snakemake.input.compared), sae["modality"], sae["layer"], name)
+    compared = snakemake.input.get("compared")  # none for a model compared on pooled codes
+    test_ref = compared and StreamRef(Path(compared), sae["modality"], sae["layer"], name)
     weights = Path(snakemake.output.weights)
     outputs = {"weights_path": weights, "log_path": snakemake.output.history,
                "codes_path": snakemake.output.codes, "reconstruction_path": snakemake.output.reconstruction}

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from xsae.datasets.urllists import hash_split
+from xsae.datasets.urllists import in_split
 from xsae.download import download_file, new_session
 from xsae.errors import ConfigError, DataError, DownloadError
 from xsae.io import atomic_path, write_json
@@ -105,12 +105,6 @@ def download(root: Path, *, base_url: str | None = None, workers: int = 8, progr
               "rows": len(rows), "splits": counts}
     write_json(root / RECORD, record)
     return record
-
-
-def in_split(row: int, test_fraction: float, split: str) -> bool:
-    """Whether a row belongs to `split`: a stable `test_fraction` of rows is the test split; with
-    no hold-out (0) both splits are every row (the comparisons run on the training data)."""
-    return True if not test_fraction else hash_split(row, test_fraction) == split
 
 
 def _write_image(value: Any, path: Path, where: str) -> None:

@@ -27,6 +27,7 @@ KINDS: dict[str, tuple[str, str | None]] = {
     "laion_subset": ("xsae.datasets.urllists", "laion_subset"),
     "cc3m": ("xsae.datasets.urllists", "cc3m"),
     "hub_image_text": ("xsae.datasets.hub", None),
+    "image_folder": ("xsae.datasets.folder", None),
 }
 
 

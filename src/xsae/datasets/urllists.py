@@ -4,8 +4,8 @@
   `MayIBorn/laion_2b_en_subset_70666`; the paper kept the 61,642 images still online). One list with
   `URL` and `TEXT` columns, read from the Hub's Parquet conversion. It has no published split, so a
   row goes to "test" when a hash of its row index falls below `test_fraction` (default 0.1), else to
-  "train": stable, independent of which images resolve. Use both splits together where the paper
-  uses all pairs.
+  "train": stable, independent of which images resolve. `test_fraction: 0` holds nothing out: both
+  splits are every row, downloaded once (the sharedness paper trains and compares on all pairs).
 - `cc3m`: Conceptual Captions, a header-less TSV of `caption<TAB>url` per split: 3,318,333 training
   rows and 15,840 validation rows; validation is our "test" split.
 
@@ -163,6 +163,19 @@ def hash_split(row: int, test_fraction: float) -> str:
     return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
 
 
+def in_split(row: int, test_fraction: float, split: str) -> bool:
+    """Whether a row belongs to `split`: a stable `test_fraction` of rows is the test split; with
+    no hold-out (0) both splits are every row (the comparisons run on the training data)."""
+    return True if not test_fraction else hash_split(row, test_fraction) == split
+
+
+def stored_split(split: str, state: Mapping[str, Any]) -> str:
+    """The split whose images and reports serve `split`: with no hold-out, the test split of a
+    hash-split list is the training split, so its rows are downloaded and stored once."""
+    hashed = "hash" in _spec(state["dataset"])["split"].values()
+    return "train" if hashed and not state["test_fraction"] else split
+
+
 def sample_id(dataset: str, split: str, row: int) -> str:
     return f"{dataset}_{split}_{row:08d}"
 
@@ -182,7 +195,7 @@ def split_rows(root: Path, dataset: str, split: str, state: Mapping[str, Any]) -
     for key, assignment in spec["split"].items():
         table = read_list(Path(root) / state["lists"][key], spec)
         if assignment == "hash":
-            table = table[[hash_split(row, state["test_fraction"]) == split for row in table["row"]]]
+            table = table[[in_split(row, state["test_fraction"], split) for row in table["row"]]]
         elif assignment != split:
             continue
         parts.append(table)
@@ -207,8 +220,9 @@ def _check_options(dataset: str, options: Mapping[str, Any]) -> dict[str, Any]:
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"{dataset} options.{name}: expected a positive integer or null, got {value!r}")
     fraction = float(options.get("test_fraction", 0.1))
-    if not 0 < fraction < 1:
-        raise ConfigError(f"{dataset} options.test_fraction: expected a number in (0, 1), got {fraction!r}")
+    if not 0 <= fraction < 1:
+        raise ConfigError(f"{dataset} options.test_fraction: expected a number in [0, 1) (0: both splits "
+                          f"are every row), got {fraction!r}")
     list_urls = dict(options.get("list_urls") or {})
     unknown_lists = set(list_urls) - set(_spec(dataset)["lists"])
     if unknown_lists:
@@ -342,6 +356,9 @@ def download(root: Path, *, dataset: str | None = None, base_url: str | None = N
     write_json(root / STATE, state)
     splits: dict[str, dict] = {}
     for split in SPLITS:
+        if stored_split(split, state) != split:  # the same rows, already downloaded
+            splits[split] = splits[stored_split(split, state)]
+            continue
         rows = split_rows(root, dataset, split, state)
         size = opts["shard_size"] or max(len(rows), 1)
         reports_dir = root / "reports" / split
@@ -398,6 +415,7 @@ def samples(root: Path, split: str, dataset: str | None = None) -> pd.DataFrame:
     dataset = dataset or state["dataset"]
     if dataset != state["dataset"]:
         raise DataError(f"{root} holds {state['dataset']}, not {dataset}")
+    split = stored_split(split, state)
     index_path = root / "reports" / split / "index.json"
     if not index_path.is_file():
         raise DataError(f"{index_path} not found: the {dataset} download did not finish; rerun it")

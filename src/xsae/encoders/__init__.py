@@ -1,6 +1,6 @@
 """Encoder registry: `load_encoder(EncoderSpec)` for any loader key in `LOADERS`."""
 
-from xsae.encoders import mambavision, offline, paper  # noqa: F401 - register the loaders
+from xsae.encoders import custom, mambavision, offline, paper  # noqa: F401 - register the loaders
 from xsae.encoders.base import (
     LOADERS,
     MODALITIES,

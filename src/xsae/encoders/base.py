@@ -41,12 +41,14 @@ class EncoderSpec:
     options: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     dtype: str = "float32"
+    #: `package.module:function` of a `loader: python` encoder
+    entry: str | None = None
 
     @classmethod
     def from_config(cls, name: str, entry: dict[str, Any], device: str = "cpu") -> EncoderSpec:
         return cls(name=name, loader=entry["loader"], model=entry.get("model"),
                    pretrained=entry.get("pretrained"), options=dict(entry.get("options", {})),
-                   device=device, dtype=entry.get("dtype", "float32"))
+                   device=device, dtype=entry.get("dtype", "float32"), entry=entry.get("entry"))
 
     def option(self, key: str, default: Any = None) -> Any:
         return self.options.get(key, default)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xsae.errors import ConfigError
-from xsae.sharedness_config import model_uses
+from xsae.sharedness_config import POOLED_CODES, model_uses
 
 #: SAE width and TopK k are divided so that a run stays a few hundred latents at most.
 LATENT_DIVISOR = 128
@@ -203,7 +203,8 @@ def used_features(config: Mapping[str, Any]) -> dict[str, list[str]]:
     sharedness = config.get("sharedness") or {}
     models = sharedness.get("models", {})
     used.update((dataset, models[m]["encoder"])
-                for _, dataset, m, _ in model_uses({"sharedness": sharedness}))
+                for _, dataset, m, _ in model_uses({"sharedness": sharedness})
+                if models[m].get("compared") != POOLED_CODES)  # the online job computes those
     kept = {dataset: [e for e in encoders if (dataset, e) in used]
             for dataset, encoders in config.get("features", {}).items()}
     return {dataset: encoders for dataset, encoders in kept.items() if encoders}

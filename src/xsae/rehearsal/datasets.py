@@ -73,9 +73,9 @@ DEFAULT_BASE_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 WORKERS = 4
 COCO_CAPTIONS = 5
 FLOWERS_CAPTIONS = 10
-LAION_TEST_FRACTION = 0.3
-#: hub_image_text miniatures hold nothing out, as the paper config's Flowers (the authors compare
-#: on their training data): both splits are every row.
+#: LAION and hub_image_text miniatures hold nothing out, as the paper config's LAION and Flowers (the
+#: authors train and compare on all pairs): both splits are every row.
+LAION_TEST_FRACTION = 0.0
 HUB_TEST_FRACTION = 0.0
 URL_LIST_SHARD_SIZE = 32
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
@@ -461,6 +461,7 @@ def _build_hub(name: str, folder: Path, rng: np.random.Generator, base_url: str)
     """The Hub's Parquet conversion of an image–caption dataset: a listing of Parquet URLs and the
     files, whose `image` cells are `{bytes, path}` as the `datasets` Image feature stores them."""
     from xsae.datasets import hub
+    from xsae.datasets.urllists import in_split
 
     looks = assign_looks(FLOWERS_CLASSES)
     url = f"{base_url.rstrip('/')}/{name}"
@@ -481,7 +482,7 @@ def _build_hub(name: str, folder: Path, rng: np.random.Generator, base_url: str)
     listing = hub.listing_url(url, {"repo": REHEARSAL_HUB_REPO, "config": "default", "split": "train"})
     files[listing.removeprefix(url + "/")] = json.dumps(urls).encode()
     write_files(folder, files)
-    rows = {split: sum(hub.in_split(row, HUB_TEST_FRACTION, split) for row in range(sum(_HUB_ROWS)))
+    rows = {split: sum(in_split(row, HUB_TEST_FRACTION, split) for row in range(sum(_HUB_ROWS)))
             for split in ("train", "test")}
     return Miniature(name, "hub_image_text", folder, rows, {"train": {}, "test": {}}, ())
 
@@ -1093,11 +1094,11 @@ def _build_laion(name: str, folder: Path, rng: np.random.Generator, base_url: st
     rows = [[int(3_000_000_000 + 7919 * i), link, text, IMAGE_SIZE, IMAGE_SIZE, "?", "UNLIKELY",
              round(float(rng.uniform(0.28, 0.42)), 4)] for i, (text, link) in enumerate(listed)]
     write_files(folder, {urllists.SOURCES["laion_subset"]["lists"]["all"]["file"]: laion_parquet(rows)})
-    split_of = [urllists.hash_split(i, LAION_TEST_FRACTION) for i in range(n)]
-    counts = Counter(split_of)
-    failures = Counter(split_of[i] for i in dead | pages)
-    return Miniature(name, "laion_subset", folder, {s: counts[s] - failures[s] for s in ("train", "test")},
-                     {"train": {}, "test": {}}, (), failures={s: failures[s] for s in ("train", "test")})
+    splits = ("train", "test")
+    counts = {s: sum(urllists.in_split(i, LAION_TEST_FRACTION, s) for i in range(n)) for s in splits}
+    failures = {s: sum(urllists.in_split(i, LAION_TEST_FRACTION, s) for i in dead | pages) for s in splits}
+    return Miniature(name, "laion_subset", folder, {s: counts[s] - failures[s] for s in splits},
+                     {s: {} for s in splits}, (), failures=failures)
 
 
 def _build_cc3m(name: str, folder: Path, rng: np.random.Generator, base_url: str) -> Miniature:
