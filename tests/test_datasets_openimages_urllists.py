@@ -360,23 +360,26 @@ def check_laion(root: Path, record: dict, rows: list[list], fraction: float) -> 
     assert sorted(seen) == resolved
 
 
-def test_laion_subset_from_a_csv_list(server, tmp_path):
+def laion_from_csv(server, root: Path, test_fraction: float) -> tuple[dict, list[list]]:
+    """A LAION list served as CSV, downloaded into `root`: the record and the listed rows."""
     rows = laion_rows(server)
     server.add("/lists/laion.csv", csv_bytes(LAION_HEADER, rows))
+    record = urllists.download(root, dataset="laion_subset", workers=3, progress=False,
+                               test_fraction=test_fraction, list_urls={"all": server.url("/lists/laion.csv")})
+    return record, rows
+
+
+def test_laion_subset_from_a_csv_list(server, tmp_path):
     root = tmp_path / "laion"
-    record = urllists.download(root, dataset="laion_subset", workers=3, progress=False, test_fraction=0.5,
-                               list_urls={"all": server.url("/lists/laion.csv")})
+    record, rows = laion_from_csv(server, root, 0.5)
     check_laion(root, record, rows, 0.5)
     assert {urllists.hash_split(i, 0.5) for i in range(12)} == {"train", "test"}, "both splits used"
 
 
 def test_laion_subset_without_hold_out_downloads_once_and_both_splits_are_every_pair(server, tmp_path):
     """test_fraction 0, as the sharedness paper trains and compares on all pairs."""
-    rows = laion_rows(server)
-    server.add("/lists/laion.csv", csv_bytes(LAION_HEADER, rows))
     root = tmp_path / "laion"
-    record = urllists.download(root, dataset="laion_subset", workers=3, progress=False, test_fraction=0,
-                               list_urls={"all": server.url("/lists/laion.csv")})
+    record, _ = laion_from_csv(server, root, 0)
     assert record["splits"]["train"] == record["splits"]["test"]
     assert (record["splits"]["test"]["rows"], record["splits"]["test"]["resolved"]) == (12, 10)
     fetched = [path for path in image_requests(server) if path.startswith("/laion/")]
