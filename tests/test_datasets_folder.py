@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 from helpers import FIXTURE_STAMPS, STAMPS, make_stamps_tree
@@ -158,9 +160,10 @@ def test_the_workflow_source_passes_the_config_entry(tmp_path):
     assert len(each) == 2 * record["splits"]["test"]
 
 
-def test_the_own_data_example_runs_the_sae_stages_on_a_folder_through_config_alone(tmp_path):
+def test_the_own_data_example_runs_the_sae_stages_on_a_folder_through_config_alone(tmp_path, monkeypatch):
     """config/examples/own_data.yaml, pointed at a folder of stamps (one row unusable) and shrunk,
-    runs download → manifests → features → SPARC runs → SPARC tables with `snakemake` alone."""
+    runs download → manifests → features (its own encoder's too) → SPARC runs → SPARC tables with
+    `snakemake` alone."""
     import yaml
     from helpers import REPO, write_config
     from test_workflow import snakemake
@@ -175,7 +178,11 @@ def test_the_own_data_example_runs_the_sae_stages_on_a_folder_through_config_alo
         run.update(n_latents=32, k=4, epochs=3, batch_size=8, log_every=1)
     work = tmp_path / "work"
     work.mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the example encoder's module, run from elsewhere
     snakemake(work, configfile=write_config(config, tmp_path / "own.yaml"))
+    with h5py.File(work / "results" / "features" / "mine" / "test" / "colours.h5") as h5:
+        histograms = h5["pooled/image"][:]
+    assert histograms.shape[1] == 512 and np.allclose(histograms.sum(axis=1), 1)  # colour histograms
     skipped = pd.read_csv(work / "resources" / "datasets" / "mine" / "files" / folder.SKIPPED)
     assert skipped[["row", "column"]].values.tolist() == [[21, "file"]]
     manifests = {split: pd.read_csv(work / "results" / "manifests" / "mine" / f"{split}.csv")

@@ -28,6 +28,8 @@ tokens, size) so that `xsae plan` and the cluster requests can price its jobs.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -42,15 +44,25 @@ MODALITIES = ("image", "text")
 
 
 def load_entry_point(entry: str, where: str) -> Callable[..., Any]:
-    """`package.module:function` → the function, or an error naming the config key and the cause."""
+    """`package.module:function` → the function, or an error naming the config key and the cause.
+
+    The module comes from an installed package, PYTHONPATH, or the working directory (where
+    Snakemake runs: a module beside your config is found, as `python -m` would find it)."""
     module_name, _, attribute = entry.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"{where}: expected 'package.module:function', got {entry!r}")
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"{where}: cannot import {module_name!r} ({exc}); install the package in the "
-                          "extraction env or put it on PYTHONPATH") from exc
+                          "extraction env, put it on PYTHONPATH or in the working directory") from exc
+    finally:
+        if added:
+            sys.path.remove(here)
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ConfigError(f"{where}: {module_name} has no function {attribute!r}")
