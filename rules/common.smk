@@ -19,6 +19,7 @@ from xsae import registry  # noqa: E402
 from xsae.resources import ResourceTable  # noqa: E402
 from xsae.plan import dataset_splits as plan_dataset_splits, feature_splits as plan_feature_splits  # noqa: E402
 from xsae.code_fingerprint import fingerprint as code_fingerprint  # noqa: E402
+from xsae.encoder_catalog import module_file  # noqa: E402
 
 config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
 
@@ -117,6 +118,15 @@ def download_record(wildcards):
 
 def encoder_entry(wildcards):
     return config["encoders"][wildcards.encoder]
+
+
+def encoder_own_code(wildcards):
+    """The module file of a `loader: python` encoder (found, not imported): editing it reruns the
+    encoder's extractions. Nothing for the library's loaders (their code is `library_code`)."""
+    entry = config["encoders"][wildcards.encoder]
+    if entry["loader"] != "python":
+        return []
+    return [path for path in [module_file(entry["entry"])] if path]
 
 
 @functools.cache

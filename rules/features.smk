@@ -2,6 +2,7 @@ rule extract_features:
     """Encode one dataset split with one encoder into an HDF5 feature file."""
     input:
         manifest=MANIFEST,
+        own_code=encoder_own_code,
     output:
         FEATURES,
     params:

@@ -4,6 +4,7 @@ protocol fails naming the config key and what to fix."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from xsae.config import validate
+from xsae.encoder_catalog import module_file
 from xsae.encoders import EncoderSpec, load_encoder
 from xsae.errors import ConfigError
 from xsae.plan import towers
@@ -84,7 +86,9 @@ def no_modalities():
 def own_package(tmp_path, monkeypatch):
     (tmp_path / "my_encoders.py").write_text(textwrap.dedent(MODULE), encoding="utf-8")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_encoders", raising=False)  # this test's copy, not a cached one
     yield "my_encoders"
+    sys.modules.pop("my_encoders", None)
 
 
 def images(n: int) -> list[Image.Image]:
@@ -160,3 +164,15 @@ def test_a_timm_backbone_pools_before_its_classifier_and_exposes_its_stages(mode
     assert encoder.preprocessing("image")["input_size"][1:] == list(batch.shape[2:])
     with pytest.raises(ConfigError, match=r"encoders\.backbone\.model"):
         load_encoder(EncoderSpec("backbone", "timm", model="no_such_model_xyz"))
+
+
+def test_the_workflow_finds_an_entry_points_module_without_importing_it(own_package, tmp_path, monkeypatch):
+    """Its file is an input of the encoder's extractions (editing it reruns them)."""
+    assert module_file(f"{own_package}:build") == str(tmp_path / "my_encoders.py")
+    assert module_file("no_such_package.module:build") is None
+    here = tmp_path / "here"
+    (here / "pkg").mkdir(parents=True)
+    (here / "pkg" / "enc.py").write_text("raise RuntimeError('imported')\n", encoding="utf-8")
+    monkeypatch.chdir(here)  # a module beside the config, found from the working directory
+    assert module_file("pkg.enc:build") == str(here / "pkg" / "enc.py")
+    assert str(here) not in sys.path

@@ -7,6 +7,12 @@ or encodes other modalities, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterator
+
 LOADER_MODALITIES: dict[str, tuple[str, ...]] = {
     "efficientnet_lite0": ("image",),
     "mobilenet_v2": ("image",),
@@ -22,3 +28,31 @@ LOADER_MODALITIES: dict[str, tuple[str, ...]] = {
     "python": ("image", "text"),
     "timm": ("image",),
 }
+
+
+
+@contextlib.contextmanager
+def working_directory_importable() -> Iterator[None]:
+    """Modules of the working directory importable for a moment, as `python -m` makes them: where
+    a `loader: python` entry may live besides installed packages and PYTHONPATH."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.append(here)
+    try:
+        yield
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
+def module_file(entry: str) -> str | None:
+    """The file of the module a `loader: python` entry (`package.module:function`) names, found
+    as the loader imports it, without importing it; None when it cannot be found (the loader then
+    says why)."""
+    with working_directory_importable():
+        try:
+            spec = importlib.util.find_spec(entry.partition(":")[0])
+        except (ImportError, ValueError):
+            return None
+    return spec.origin if spec is not None and spec.origin not in (None, "built-in", "frozen") else None

@@ -28,14 +28,13 @@ tokens, size) so that `xsae plan` and the cluster requests can price its jobs.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from xsae.encoder_catalog import working_directory_importable
 from xsae.encoders.base import Encoder, EncoderSpec, register
 from xsae.errors import ConfigError
 from xsae.images import to_rgb
@@ -51,18 +50,12 @@ def load_entry_point(entry: str, where: str) -> Callable[..., Any]:
     module_name, _, attribute = entry.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"{where}: expected 'package.module:function', got {entry!r}")
-    here = os.getcwd()
-    added = here not in sys.path
-    if added:
-        sys.path.append(here)
     try:
-        module = importlib.import_module(module_name)
+        with working_directory_importable():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"{where}: cannot import {module_name!r} ({exc}); install the package in the "
                           "extraction env, put it on PYTHONPATH or in the working directory") from exc
-    finally:
-        if added:
-            sys.path.remove(here)
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ConfigError(f"{where}: {module_name} has no function {attribute!r}")
