@@ -14,6 +14,7 @@ import pytest
 from http_fixtures import loopback_server
 from PIL import Image
 
+from xsae import plan
 from xsae.datasets import hub
 from xsae.datasets.sources import source_for
 from xsae.datasets.urllists import hash_split
@@ -92,3 +93,64 @@ def test_errors_name_the_option_to_fix(served, tmp_path):
                                          "options": {"repo": REPO_ID, "text_column": "caption"}})
     with pytest.raises(DataError, match="run the download"):
         hub.samples(tmp_path / "empty", "train")
+
+
+def write_local(folder, rows, labels, *, class_names=None, name="data/train-00000-of-00001.parquet"):
+    """A dataset on disk in a Hub repository's layout; `class_names` makes the label column a
+    `datasets` ClassLabel (integers, named in the file's feature metadata)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"image": [{"bytes": png(c), "path": None} for c, _ in rows],
+                      "text": [t for _, t in rows], "label": labels})
+    if class_names is not None:
+        features = {"label": {"_type": "ClassLabel", "names": class_names}}
+        metadata = json.dumps({"info": {"features": features}}).encode()
+        table = table.replace_schema_metadata({b"huggingface": metadata})
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_dataset_on_disk_with_class_labels_reads_like_the_hub(tmp_path):
+    """options.path: no network; a ClassLabel column is named from the file's metadata."""
+    names = ["rose", "tulip", "daisy"]
+    write_local(tmp_path / "ds", ROWS[:12], [i % 3 for i in range(12)], class_names=names)
+    write_local(tmp_path / "ds", ROWS[12:20], [i % 3 for i in range(8)], class_names=names,
+                name="data/train-00001-of-00002.parquet")
+    write_local(tmp_path / "ds", ROWS[:3], [0, 1, 2], class_names=names,
+                name="data/test-00000-of-00001.parquet")
+    source = source_for("hub_image_text")
+    options = {"path": str(tmp_path / "ds"), "label_column": "label", "test_fraction": 0.25}
+    record = source.download(tmp_path / "files", {"options": options})
+    assert record["rows"] == 20 and len(record["files"]) == 2  # the train split's two files only
+    splits = [source.samples(tmp_path / "files", split) for split in ("train", "test")]
+    both = pd.concat(splits).sort_values("sample_id")
+    assert both["caption"].tolist() == [text for _, text in ROWS[:20]]
+    assert both["labels"].tolist() == [[names[i % 3]] for i in range(12)] + [[names[i % 3]] for i in range(8)]
+    assert source.hierarchy(tmp_path / "files") == {"daisy": None, "rose": None, "tulip": None}
+    assert hub.local_rows(options) == 20
+    config = {"datasets": {"ds": {"kind": "hub_image_text", "options": options}}}
+    counts = [plan.dataset_count(config, "ds", split, plan.load_data()).count for split in ("train", "test")]
+    assert counts == [15, 5]  # the plan counts the files' rows before anything is read
+
+
+def test_a_dataset_on_disk_with_label_paths_builds_their_hierarchy(tmp_path):
+    paths = ["plants/flowers/rose", "plants/flowers/tulip; plants/trees", "animals/birds/owl"]
+    write_local(tmp_path / "ds", ROWS[:3], paths, name="default/train/0000.parquet")
+    source = source_for("hub_image_text")
+    options = {"path": str(tmp_path / "ds"), "label_column": "label", "test_fraction": 0}
+    source.download(tmp_path / "files", {"options": options})
+    labels = source.samples(tmp_path / "files", "train")["labels"].tolist()
+    assert labels == [["rose"], ["tulip", "trees"], ["owl"]]
+    assert source.hierarchy(tmp_path / "files") == {"animals": None, "birds": "animals", "flowers": "plants",
+                                                    "owl": "birds", "plants": None, "rose": "flowers",
+                                                    "trees": "plants", "tulip": "flowers"}
+    with pytest.raises(DataError, match=r"no Parquet files of split 'validation'"):
+        source.download(tmp_path / "v", {"options": {**options, "split": "validation"}})
+    with pytest.raises(DataError, match=r"no column 'category'.*label_column"):
+        source.download(tmp_path / "c", {"options": {**options, "label_column": "category"}})
+    write_local(tmp_path / "bad", ROWS[:1], [7], class_names=["a", "b"], name="default/train/0000.parquet")
+    with pytest.raises(DataError, match=r"row 0: class 7 is outside the 2 names"):
+        source.download(tmp_path / "b", {"options": {**options, "path": str(tmp_path / "bad")}})

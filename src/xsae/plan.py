@@ -203,9 +203,13 @@ def dataset_count(config: Mapping[str, Any], dataset: str, split: str, data: Pla
             repo, listed = options.get("repo"), (sizes.get("repos") or {}).get(options.get("repo"))
             if listed is None and options.get("max_rows") is not None:  # a repository of known size
                 total = Count(int(options["max_rows"]), f"datasets.{dataset}.options.max_rows")
+            elif listed is None and options.get("path"):  # a dataset on disk: its files say
+                from xsae.datasets.hub import local_rows
+
+                total = Count(local_rows(options), f"its Parquet files under {options['path']}")
             else:
                 total = _count(listed, where, f"kinds.hub_image_text.repos.{repo}")
-            what = f"rows of {repo}"
+            what = f"rows of {repo or options.get('path')}"
         fraction = float(options.get("test_fraction", sizes.get("default_test_fraction", 0.1)))
         if fraction:  # a stable hold-out
             test = round(total.count * fraction)

@@ -83,7 +83,7 @@ def _texts(value: Any) -> list[str]:
     return [" ".join(str(v).split()) for v in values if str(v).strip()]
 
 
-def _label_paths(value: Any) -> list[str]:
+def label_paths(value: Any) -> list[str]:
     """`animals/birds/owl; plants/tree` → its label paths (each level stripped, empty ones refused)."""
     cells = _texts(value) if not isinstance(value, str) else [value]
     paths = []
@@ -141,7 +141,7 @@ def download(root: Path, *, provided: str | None = None, base_url: str | None = 
         raise DataError(f"{table_path}: no usable row ({len(skipped)} skipped; row {first['row']}, column "
                         f"{first['column']!r}: {first['problem']})")
     frame = pd.DataFrame(rows)
-    hierarchy = _hierarchy(frame, table_path)
+    hierarchy = label_tree(frame, table_path)
     if not opts["split_column"]:
         firsts = [json.loads(labels)[:1] for labels in frame["labels"]]
         groups = [first[0].split("/")[-1] if first else "" for first in firsts]
@@ -196,15 +196,16 @@ def _check_row(record: dict[str, Any], folder: Path, opts: dict[str, Any], seen:
     labels: list[str] = []
     if opts["label_column"]:
         try:
-            labels = _label_paths(record[opts["label_column"]])
+            labels = label_paths(record[opts["label_column"]])
         except ValueError as exc:
             return None, (opts["label_column"], str(exc))
     return {"sample_id": sample_id, "image_path": str(path), "split": split, "captions": json.dumps(captions),
             "labels": json.dumps(labels)}, None
 
 
-def _hierarchy(frame: pd.DataFrame, table_path: Path) -> dict[str, str | None]:
-    """Label name → parent name over every label path; a name under two parents is refused."""
+def label_tree(frame: pd.DataFrame, table_path: Path) -> dict[str, str | None]:
+    """Label name → parent name over the label paths of every row (`frame`: row numbers in "row",
+    JSON lists of label paths in "labels"); a name under two parents is refused."""
     parent_of: dict[str, str | None] = {}
     first_row: dict[str, int] = {}
     for number, cell in zip(frame["row"], frame["labels"], strict=True):
