@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+from xsae import sharedness_online
 from xsae.config import validate
 from xsae.encoders import Encoder, EncoderSpec
 from xsae.encoders.base import paper_image_transform
@@ -197,7 +198,9 @@ def test_pool_codes_is_the_mean_of_each_samples_token_codes_with_its_k_largest_k
     assert torch.equal(dense[0], torch.tensor([1.5, 3.0, 0.0, 0.0]))
 
 
-def test_pooled_codes_are_the_trained_saes_codes_of_every_token_of_the_compared_split(manifests, tmp_path):
+def test_pooled_codes_are_the_trained_saes_codes_of_every_token_of_the_compared_split(manifests, tmp_path,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(sharedness_online, "POOLING_CHUNK", 50)  # tokens encoded in chunks, as at scale
     pooled_sae = OnlineSAE("img", "image", 0, recipe(), 0, compared="pooled_codes")
     saes = [pooled_sae, SAES[1], SAES[3]]  # one pooled, two compared on their global token
     out = tmp_path / "out"

@@ -32,7 +32,7 @@ import math
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ from xsae.sharedness_runs import LayerCodes, write_codes
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "resume.pt"
+#: Tokens encoded at once by the pooling pass (logits of [POOLING_CHUNK, n_latents]).
+POOLING_CHUNK = 8192
 #: float32 copies of each parameter an Adam step holds: weights, gradient, two moments.
 _PARAMETER_COPIES = 4
 
@@ -267,7 +269,6 @@ def _train_pass(encoder: Encoder, run_pass: _Pass, table: pd.DataFrame, manifest
         if state.get("pass") == run_pass.index:
             trainer.load_state_dict(state["trainer"])
             log.info("resuming pass %d at sample %d of %d", run_pass.index, trainer.samples_done, len(table))
-    use_autocast = encoder.device.type == "cuda" and settings.autocast_dtype != "float32"
     norms = {sae.name: run_pass.runs[sae.name]["input_norm"] for sae in run_pass.saes}
     start, done_at_start, saved = time.perf_counter(), trainer.samples_done, trainer.samples_done
     bar = progress_bar(total=len(table), initial=trainer.samples_done, disable=not progress, unit="sample",
@@ -275,9 +276,7 @@ def _train_pass(encoder: Encoder, run_pass: _Pass, table: pd.DataFrame, manifest
     rest = table.iloc[trainer.samples_done:]
     batches = encoder_batches(encoder, modality, rest, manifest, settings.encoder_batch, settings.workers)
     for size, batch in batches:
-        context = (torch.autocast("cuda", dtype=getattr(torch, settings.autocast_dtype))
-                   if use_autocast else nullcontext())
-        with context:
+        with _autocast(encoder, settings):
             out = encoder.encode(modality, batch, all_tokens=True)
         prepared: dict[tuple[int, str], torch.Tensor] = {}
         fed = {}
@@ -311,6 +310,13 @@ def _train_pass(encoder: Encoder, run_pass: _Pass, table: pd.DataFrame, manifest
             "samples_per_s": round(samples / max(seconds, 1e-9), 1)}
 
 
+def _autocast(encoder: Encoder, settings: OnlineSettings) -> AbstractContextManager:
+    """The encoder's autocast dtype on a GPU; nothing on the CPU (features stay float32)."""
+    if encoder.device.type == "cuda" and settings.autocast_dtype != "float32":
+        return torch.autocast("cuda", dtype=getattr(torch, settings.autocast_dtype))
+    return nullcontext()
+
+
 def pool_codes(codes: Codes, rows: torch.Tensor, n_samples: int, n_latents: int, k: int) -> Codes:
     """Per sample, the mean of its tokens' codes (`codes` `[M, k]`, token m of sample `rows[m]`),
     its `k` largest kept, sorted: `[n_samples, k]`.
@@ -339,24 +345,25 @@ def _pooling_pass(encoder: Encoder, modality: str, saes: Sequence[OnlineSAE], ma
         tallies[sae.name] = ReconstructionAccumulator()
         fired[sae.name] = torch.zeros(models[sae.name].config.n_latents, dtype=torch.bool)
         chunks[sae.name] = []
-    use_autocast = encoder.device.type == "cuda" and settings.autocast_dtype != "float32"
     start = time.perf_counter()
     bar = progress_bar(total=len(table), disable=not progress, unit="sample",
                        desc=f"{encoder.spec.name}/{modality} pooled codes")
     for size, batch in encoder_batches(encoder, modality, table, manifest, settings.encoder_batch,
                                        settings.workers):
-        context = (torch.autocast("cuda", dtype=getattr(torch, settings.autocast_dtype))
-                   if use_autocast else nullcontext())
-        with context:
+        with _autocast(encoder, settings):
             out = encoder.encode(modality, batch, all_tokens=True)
         for sae in saes:
             model = models[sae.name]
             tokens, rows = out.tokens[sae.layer]
-            x = normalize_inputs(tokens.float().clone(), norms[sae.name])
-            (codes,) = model.encode([x])
-            tallies[sae.name].update(model.decode(0, codes), x)
-            fired[sae.name][codes.indices[codes.values > 0].cpu()] = True
-            chunks[sae.name].append(pool_codes(codes, rows, size, model.config.n_latents, model.config.k))
+            parts = []
+            for chunk in tokens.split(POOLING_CHUNK):  # bounds the [tokens, latents] logits
+                x = normalize_inputs(chunk.float().clone(), norms[sae.name])
+                (codes,) = model.encode([x])
+                tallies[sae.name].update(model.decode(0, codes), x)
+                fired[sae.name][codes.indices[codes.values > 0].cpu()] = True
+                parts.append(codes)
+            chunks[sae.name].append(pool_codes(Codes.concatenate(parts), rows, size, model.config.n_latents,
+                                               model.config.k))
         bar.update(size)
     bar.close()
     sample_ids = table["sample_id"].astype(str).tolist()
