@@ -20,6 +20,7 @@ from xsae.resources import ResourceTable  # noqa: E402
 from xsae.plan import dataset_splits as plan_dataset_splits, feature_splits as plan_feature_splits  # noqa: E402
 from xsae.code_fingerprint import fingerprint as code_fingerprint  # noqa: E402
 from xsae.encoder_catalog import module_file  # noqa: E402
+from xsae.datasets.folder import table_path as folder_table_path  # noqa: E402
 
 config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
 
@@ -104,7 +105,7 @@ def dataset_own_files(wildcards):
     entry = config["datasets"][wildcards.dataset]
     if entry["kind"] != "image_folder" or not entry.get("provided"):
         return []
-    return [os.path.join(entry["provided"], entry["options"].get("table", "captions.csv"))]
+    return [str(folder_table_path(entry["provided"], entry["options"]))]
 
 
 def download_record_of(dataset):

@@ -145,12 +145,12 @@ def _manifest_rows(path: Path) -> int:
 def _folder_count(entry: Mapping[str, Any], dataset: str, split: str) -> Count:
     """Rows of an image_folder split, from its table before anything is checked (rows the download
     will skip are counted)."""
-    from xsae.datasets.folder import read_table
+    from xsae.datasets.folder import read_table, table_path
 
     options = entry.get("options") or {}
     if not entry.get("provided"):
         raise ConfigError(f"datasets.{dataset}.provided: an image_folder dataset needs its folder")
-    path = Path(entry["provided"]) / options.get("table", "captions.csv")
+    path = table_path(entry["provided"], options)
     table = read_table(path)
     if options.get("split_column"):
         values = table[options["split_column"]].astype(str).str.strip().str.lower()

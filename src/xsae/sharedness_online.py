@@ -45,6 +45,7 @@ from xsae.encoders import Encoder
 from xsae.errors import ConfigError, DataError
 from xsae.features import encoder_batches
 from xsae.io import atomic_path, write_json
+from xsae.metrics.activation import alive_mask
 from xsae.metrics.reconstruction import ReconstructionAccumulator
 from xsae.online_training import LayerTrainer, OnlineTrainer, buffer_rows, layer_groups
 from xsae.progress import progress as progress_bar
@@ -360,7 +361,7 @@ def _pooling_pass(encoder: Encoder, modality: str, saes: Sequence[OnlineSAE], ma
                 x = normalize_inputs(chunk.float().clone(), norms[sae.name])
                 (codes,) = model.encode([x])
                 tallies[sae.name].update(model.decode(0, codes), x)
-                fired[sae.name][codes.indices[codes.values > 0].cpu()] = True
+                fired[sae.name] |= alive_mask(codes, model.config.n_latents).cpu()
                 parts.append(codes)
             chunks[sae.name].append(pool_codes(Codes.concatenate(parts), rows, size, model.config.n_latents,
                                                model.config.k))

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
 from xsae.datasets.manifest import stratified_split
 from xsae.errors import ConfigError, DataError
@@ -32,9 +31,15 @@ ROWS, SKIPPED, HIERARCHY, RECORD = "rows.csv", "skipped.csv", "hierarchy.json", 
 SPLITS = ("train", "test")
 LABEL_SEPARATOR = ";"
 CAPTION_JOINER = " "
+DEFAULT_TABLE = "captions.csv"
 _READERS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 _OPTIONS = {"table", "image_column", "caption_columns", "label_column", "split_column", "id_column",
             "test_fraction", "seed"}
+
+
+def table_path(provided: str | Path, options: dict[str, Any]) -> Path:
+    """Where a dataset's table is: `options.table` (default captions.csv) in the folder `provided`."""
+    return Path(provided).expanduser() / options.get("table", DEFAULT_TABLE)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -69,7 +74,7 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
                           f"{fraction!r}")
     if not captions:
         raise ConfigError("image_folder options.caption_columns: name at least one caption column")
-    return {"table": options.get("table", "captions.csv"),
+    return {"table": options.get("table", DEFAULT_TABLE),
             "image_column": options.get("image_column", "image"), "caption_columns": captions,
             **{key: options.get(key) for key in ("label_column", "split_column", "id_column")},
             "test_fraction": fraction, "seed": int(options.get("seed", 0))}
@@ -98,6 +103,8 @@ def label_paths(value: Any) -> list[str]:
 
 
 def _image_problem(path: Path) -> str | None:
+    from PIL import Image  # here: the workflow reads `table_path` while it parses, without PIL
+
     if not path.is_file():
         return "file not found"
     try:
@@ -119,14 +126,14 @@ def download(root: Path, *, provided: str | None = None, base_url: str | None = 
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder (datasets.<name>.provided)")
     opts = _options(options)
-    table_path = folder / opts["table"]
-    table = read_table(table_path)
+    table_file = table_path(folder, opts)
+    table = read_table(table_file)
     named = [opts["image_column"], *opts["caption_columns"],
              *(opts[key] for key in ("label_column", "split_column", "id_column") if opts[key])]
     missing = [column for column in named if column not in table.columns]
     if missing:
         columns = ", ".join(map(str, table.columns))
-        raise DataError(f"{table_path}: no column {missing[0]!r} (columns: {columns}); set "
+        raise DataError(f"{table_file}: no column {missing[0]!r} (columns: {columns}); set "
                         "datasets.<name>.options to the table's column names")
     rows, skipped, seen = [], [], {}
     for number, record in enumerate(table.to_dict("records"), start=1):
@@ -138,30 +145,30 @@ def download(root: Path, *, provided: str | None = None, base_url: str | None = 
         rows.append({"row": number, **row})
     if not rows:
         first = skipped[0] if skipped else {"row": "-", "column": "-", "problem": "the table is empty"}
-        raise DataError(f"{table_path}: no usable row ({len(skipped)} skipped; row {first['row']}, column "
+        raise DataError(f"{table_file}: no usable row ({len(skipped)} skipped; row {first['row']}, column "
                         f"{first['column']!r}: {first['problem']})")
     frame = pd.DataFrame(rows)
-    hierarchy = label_tree(frame, table_path)
+    hierarchy = label_tree(zip(frame["row"], frame["labels"], strict=True), table_file)
     if not opts["split_column"]:
-        firsts = [json.loads(labels)[:1] for labels in frame["labels"]]
-        groups = [first[0].split("/")[-1] if first else "" for first in firsts]
+        groups = [labels[0].split("/")[-1] if labels else "" for labels in frame["labels"]]
         is_test = stratified_split(groups, opts["test_fraction"], opts["seed"])
         frame["split"] = ["test" if test else "train" for test in is_test]
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     with atomic_path(root / ROWS) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.assign(captions=frame["captions"].map(json.dumps), labels=frame["labels"].map(json.dumps)
+                     ).to_csv(tmp, index=False)
     with atomic_path(root / SKIPPED) as tmp:
         pd.DataFrame(skipped, columns=["row", "column", "problem"]).to_csv(tmp, index=False)
     write_json(root / HIERARCHY, hierarchy)
-    record = {"kind": "image_folder", "folder": str(folder), "table": str(table_path),
-              "table_sha256": hashlib.sha256(table_path.read_bytes()).hexdigest(), "options": opts,
+    record = {"kind": "image_folder", "folder": str(folder), "table": str(table_file),
+              "table_sha256": hashlib.sha256(table_file.read_bytes()).hexdigest(), "options": opts,
               "rows": len(table), "usable": len(frame), "skipped": len(skipped),
               "skipped_report": str(root / SKIPPED),
               "splits": {split: int((frame["split"] == split).sum()) for split in SPLITS}}
     empty = [split for split in SPLITS if not record["splits"][split]]
     if empty:
-        raise DataError(f"{table_path}: the {empty[0]} split has no usable row; add rows, or lower/raise "
+        raise DataError(f"{table_file}: the {empty[0]} split has no usable row; add rows, or lower/raise "
                         "options.test_fraction (or fix the split column)")
     write_json(root / RECORD, record)
     return record
@@ -199,22 +206,22 @@ def _check_row(record: dict[str, Any], folder: Path, opts: dict[str, Any], seen:
             labels = label_paths(record[opts["label_column"]])
         except ValueError as exc:
             return None, (opts["label_column"], str(exc))
-    return {"sample_id": sample_id, "image_path": str(path), "split": split, "captions": json.dumps(captions),
-            "labels": json.dumps(labels)}, None
+    return {"sample_id": sample_id, "image_path": str(path), "split": split, "captions": captions,
+            "labels": labels}, None
 
 
-def label_tree(frame: pd.DataFrame, table_path: Path) -> dict[str, str | None]:
-    """Label name → parent name over the label paths of every row (`frame`: row numbers in "row",
-    JSON lists of label paths in "labels"); a name under two parents is refused."""
+def label_tree(rows: Iterable[tuple[int, Sequence[str]]], where: Path) -> dict[str, str | None]:
+    """Label name → parent name over the label paths of every (row number, label paths); a name
+    under two parents is refused."""
     parent_of: dict[str, str | None] = {}
     first_row: dict[str, int] = {}
-    for number, cell in zip(frame["row"], frame["labels"], strict=True):
-        for path in json.loads(cell):
+    for number, paths in rows:
+        for path in paths:
             levels = path.split("/")
             for depth, name in enumerate(levels):
                 parent = levels[depth - 1] if depth else None
                 if name in parent_of and parent_of[name] != parent:
-                    raise DataError(f"{table_path}: row {number}: label {name!r} has parent {parent!r}, "
+                    raise DataError(f"{where}: row {number}: label {name!r} has parent {parent!r}, "
                                     f"but {parent_of[name]!r} in row {first_row[name]}; label names must be "
                                     "unique across the hierarchy (rename one)")
                 parent_of.setdefault(name, parent)

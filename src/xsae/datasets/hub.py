@@ -109,11 +109,11 @@ def download(root: Path, *, base_url: str | None = None, workers: int = 8, progr
             if not path.is_file():
                 _write_image(value, path, f"{local} row {row}")
             rows.append({"row": row, "image": str(path.relative_to(root)), "caption": str(text),
-                         "labels": json.dumps(_labels(label, names, f"{local} row {row}"))})
+                         "labels": _labels(label, names, f"{local} row {row}")})
     frame = pd.DataFrame(rows, columns=["row", "image", "caption", "labels"])
-    write_json(root / HIERARCHY, label_tree(frame, Path(url)))
+    write_json(root / HIERARCHY, label_tree(zip(frame["row"], frame["labels"], strict=True), Path(url)))
     with atomic_path(root / ROWS) as tmp:
-        frame.to_csv(tmp, index=False)
+        frame.assign(labels=frame["labels"].map(json.dumps)).to_csv(tmp, index=False)
     counts = {split: sum(in_split(r["row"], opts["test_fraction"], split) for r in rows) for split in SPLITS}
     record = {"kind": "hub_image_text", "root": str(root), "listing": url, "files": files, "options": opts,
               "rows": len(rows), "splits": counts}
