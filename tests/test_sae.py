@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from xsae.errors import DataError
-from xsae.sae import Codes, SAEConfig, SparseAutoencoder, decode_sparse
+from xsae.sae import (
+    Codes,
+    SAEConfig,
+    SparseAutoencoder,
+    decode_sparse,
+    decode_sparse_many,
+    dense_products_pay,
+)
 
 
 def make(dims=(5, 3), L=4, k=2, topk="global", seed=0) -> SparseAutoencoder:
@@ -169,6 +176,39 @@ def test_decode_sparse_gradients_match_dense():
     (decode_sparse(W, Codes(values, indices)) - target).pow(2).sum().backward()
     (Codes(values, indices).dense(10) @ W2 - target).pow(2).sum().backward()
     torch.testing.assert_close(W.grad, W2.grad, rtol=0, atol=1e-12)
+
+
+def test_dense_products_pay_when_k_is_a_large_fraction_of_l():
+    """The default's small per-layer SAEs (L = 32, k = 16, d = 16) train dense; the papers' SAEs
+    (L = 8,192, k = 32 or 64, d ≥ 512) stay sparse; wider inputs move the crossover down."""
+    assert dense_products_pay(32, 16, 16)
+    assert dense_products_pay(15 * 16, 16, 16) and not dense_products_pay(16 * 16, 16, 16)
+    assert not dense_products_pay(8192, 32, 1024) and not dense_products_pay(8192, 64 + 512, 768)
+    assert dense_products_pay(48, 16, 1024) and not dense_products_pay(64, 16, 1024)
+
+
+def test_decode_sparse_many_takes_either_path_with_the_same_result_and_gradients(monkeypatch):
+    from xsae import sae as sae_module
+
+    g = torch.Generator().manual_seed(4)
+    weight = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    codes = [Codes(torch.rand(4, 3, generator=g, dtype=torch.float64).requires_grad_(),
+                   torch.stack([torch.randperm(12, generator=g)[:3] for _ in range(4)])),
+             Codes(torch.rand(2, 5, generator=g, dtype=torch.float64).requires_grad_(),
+                   torch.tensor([[0, 0, 3, 4, 11], [1, 2, 3, 4, 5]]))]  # a repeated index sums
+    targets = [torch.randn(c.values.shape[0], 5, generator=g, dtype=torch.float64) for c in codes]
+    results = {}
+    for path, speedup in (("sparse", 0), ("dense", 10**9)):
+        monkeypatch.setattr(sae_module, "DENSE_SPEEDUP", speedup)
+        w = weight.clone().requires_grad_()
+        for c in codes:
+            c.values.grad = None
+        out = decode_sparse_many(w, codes)
+        sum((o - t).pow(2).sum() for o, t in zip(out, targets, strict=True)).backward()
+        results[path] = [o.detach() for o in out] + [w.grad] + [c.values.grad.clone() for c in codes]
+    for sparse, dense in zip(results["sparse"], results["dense"], strict=True):
+        torch.testing.assert_close(sparse, dense, rtol=0, atol=1e-12)
+    torch.testing.assert_close(results["sparse"][0], codes[0].dense(12).detach() @ weight, rtol=0, atol=1e-12)
 
 
 # ---- decoder constraints ------------------------------------------------------------------

@@ -342,13 +342,18 @@ def test_decode_sparse_is_used_for_aux_like_dense():
                                codes.dense(16) @ model.dec_weight[0])
 
 
+@pytest.mark.parametrize("products", ["sparse", "dense"])
 @pytest.mark.parametrize("topk", ["global", "local"])
-def test_sparse_gradients_equal_the_dense_autograd_path(topk):
+def test_sparse_gradients_equal_the_dense_autograd_path(topk, products, monkeypatch):
     """Training differentiates only the selected latents (logits_at); every parameter's gradient
-    must equal plain autograd through the dense logits with the same selection."""
+    must equal plain autograd through the dense logits with the same selection, whichever path
+    (`dense_products_pay`) the step's products take."""
     import torch.nn.functional as F
 
+    from xsae import sae as sae_module
     from xsae.sae import Codes
+
+    monkeypatch.setattr(sae_module, "DENSE_SPEEDUP", 10**9 if products == "dense" else 0)
 
     model = fresh(dims=(6, 4, 5), L=32, k=4)
     model.config = dataclasses.replace(model.config, topk=topk)

@@ -9,7 +9,10 @@ For every stream s with input x_s `[B, d_s]`:
 Global TopK selects one index set per sample from Σ_s h_s and shares it across streams; Local
 TopK selects per stream. A single-stream SAE is the special case of one stream. Codes are kept
 as (values `[B, k]`, indices `[B, k]`) and decoded by a gather of the k active decoder rows, never
-as a dense `[B, L] @ [L, d]` product.
+as a dense `[B, L] @ [L, d]` product — except in training when k is a large fraction of L
+(`dense_products_pay`): then the step's products run dense, which is the same arithmetic and
+several times faster than grouping a few entries per latent (the default's small per-layer SAEs:
+L = 32, k = 16, 50,000 tokens a step).
 
 Decoder rows are unit-norm directions (`dec_weight[s]` is `[L, d_s]`, row j = latent j's direction),
 kept so by renormalising after each step and projecting out the gradient component parallel to
@@ -42,6 +45,19 @@ from xsae.errors import DataError
 from xsae.io import atomic_path
 
 SAE_INITS = ("unit_tied", "kaiming_uniform")
+#: A training step's sparse products cost, per selected entry, this many multiply-adds of a dense
+#: row more than its width (the grouping sort and the scattered row reads), and a dense
+#: multiply-add is this many times cheaper than a sparse one: the fit of `bench/bench_dense_crossover.py`
+#: on a CPU (crossover at L / k ≈ 15 for d = 16, ≈ 4 for d = 256, ≈ 3 for d = 1,024).
+SPARSE_ENTRY_OVERHEAD = 64
+DENSE_SPEEDUP = 3
+
+
+def dense_products_pay(n_latents: int, n_selected: int, width: int) -> bool:
+    """Whether a training step's encoder and decoder products should run dense: L·d dense
+    multiply-adds per row against k·(d + overhead) sparse ones. Either way the gradients are the
+    same; the sharedness paper's (L = 8,192, k = 32) and SPARC's SAEs stay sparse."""
+    return n_latents * width <= DENSE_SPEEDUP * n_selected * (width + SPARSE_ENTRY_OVERHEAD)
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,8 @@ class Codes:
     indices: torch.Tensor  # [B, k] int64
 
     def dense(self, n_latents: int) -> torch.Tensor:
-        """`[B, L]` codes; for analysis only (training never materialises them).
+        """`[B, L]` codes (differentiable in the values); training materialises them only when
+        L is a small multiple of k (`dense_products_pay`).
 
         Summed, not assigned, at repeated indices: BatchTopK pads rows with (index 0, value 0),
         which must not overwrite a real activation of latent 0.
@@ -122,6 +139,11 @@ def decode_sparse_many(weight: torch.Tensor, codes: Sequence[Codes]) -> list[tor
     decode (self, cross and AuxK decodes into a stream share its decoder). Code sets may differ
     in k and batch size.
     """
+    n_latents, width = weight.shape
+    most_selected = max(c.indices.shape[1] for c in codes)
+    if torch.is_grad_enabled() and dense_products_pay(n_latents, most_selected, width):
+        coefficients = torch.cat([c.dense(n_latents) for c in codes]).to(weight.dtype)
+        return list((coefficients @ weight).split([c.indices.shape[0] for c in codes]))
     if len(codes) == 1:
         flat_indices, flat_values = codes[0].indices.reshape(-1), codes[0].values.reshape(-1)
     else:
@@ -417,8 +439,12 @@ class SparseAutoencoder(nn.Module):
 
         The dense logits are computed once without autograd to select latents; gradients then
         reach only the selected encoder rows (see `_SelectedLogits`), so the backward pass costs
-        O(B·k·d) instead of a second O(B·L·d) product.
+        O(B·k·d) instead of a second O(B·L·d) product — unless k is a large fraction of L
+        (`dense_products_pay`), where the dense product is the cheaper one and is recomputed
+        under autograd.
         """
+        if dense_products_pay(dense_logits.shape[1], indices.shape[1], x.shape[1]):
+            return self.logits(stream, x).gather(1, indices)
         return _SelectedLogits.apply(dense_logits.detach(), x, self.pre_bias[stream],
                                      self.enc_weight[stream], self.lat_bias[stream], indices)
 
