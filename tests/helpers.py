@@ -94,7 +94,7 @@ def tiny_config(unpacked: Path) -> dict:
     comparison["seeds"] = [1, 2]
     comparison["sae"].update(n_latents=64, k=4, epochs=3, batch_size=8, log_every=1, checkpoint_every=2)
     comparison["steering"]["n_sources"] = 3
-    config["sharedness"]["sae"].update(k=4, epochs=2, batch_size=8, log_every=1)
+    config["sharedness"]["sae"].update(k=4, epochs=1, batch_size=8, log_every=1)
     return config
 
 

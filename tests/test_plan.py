@@ -217,7 +217,7 @@ def test_cli_without_arguments_plans_the_default(capsys, monkeypatch, tmp_path):
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("Plan of ") and out.splitlines()[0].endswith(
         "config/config.yaml (device: cpu)")
-    assert "topk_effnet" in out and "sharedness/tuxpaint/effnet/layer07" in out
+    assert "topk_effnet" in out and "sharedness/tuxpaint/online/efficientnet_lite0/effnet/layer07" in out
     assert "485" in out and "Totals (" in out
 
 

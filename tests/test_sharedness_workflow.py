@@ -585,7 +585,7 @@ def test_paper_dag_covers_every_sharedness_item(tmp_path):
 
 @pytest.fixture(scope="module")
 def sharedness_run(tmp_path_factory):
-    """The sharedness targets of the tiny config (20 fixture stamps, 2-epoch SAEs), run once."""
+    """The sharedness targets of the tiny config (20 fixture stamps, SAEs trained online), run once."""
     workdir = tmp_path_factory.mktemp("sharedness")
     make_stamps_tree(workdir / "tree")
     config = tiny_config(workdir / "tree")
@@ -642,7 +642,7 @@ def test_tiny_sharedness_provenance_reaches_the_download(sharedness_run):
     command = [sys.executable, "-m", "xsae.cli", "provenance", "results/tables/sharedness_table1.md"]
     out = subprocess.run(command, cwd=workdir, capture_output=True, text=True, check=True).stdout
     for expected in ("rule sharedness_table", "rule sharedness_pair", "rule sharedness_sae",
-                     "rule extract_features", "rule manifest", "rule download_tuxpaint"):
+                     "rule sharedness_online", "rule manifest", "rule download_tuxpaint"):
         assert expected in out, f"{expected!r} missing from:\n{out}"
 
 
@@ -653,7 +653,9 @@ def test_changing_the_recipe_retrains_only_the_sharedness_saes(sharedness_run):
     changed["sharedness"]["sae"]["lr"] = 2e-3
     targets = sharedness_targets(validate(copy.deepcopy(changed)))
     jobs = planned_jobs(workdir, write_config(changed, workdir / "changed.yaml"), *targets)
-    assert jobs["sharedness_sae"] == 38 and "extract_features" not in jobs and "train_sae" not in jobs
+    # the online jobs of the three encoders train them again, and each SAE job adopts its SAE
+    assert jobs["sharedness_online"] == 3 and jobs["sharedness_sae"] == 38
+    assert "extract_features" not in jobs and "train_sae" not in jobs
 
 
 # ---- token subsamples for SAE training ----------------------------------------------------------------

@@ -58,8 +58,9 @@ def test_default_dag_has_every_stage(tmp_path):
         "evaluate_sparc": 5, "figure_sweep": 4, "figure_top_activations": 4, "table_sparc": 5,
         "table_reconstruction": 1, "figure_dataset_overview": 1, "all": 1,
         # sharedness: SAEs of EfficientNet (8 layers), MobileNetV2 (8), MiniLM (7) and second seeds
-        # of EfficientNet and MiniLM; 5 model pairs; Tables 1–3, Figure 1, a comparative figure, Appendix C
-        "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1, "sharedness_pair": 5,
+        # of EfficientNet and MiniLM, trained online in one job per encoder; 5 model pairs; Tables
+        # 1–3, Figure 1, a comparative figure, Appendix C
+        "sharedness_online": 3, "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1, "sharedness_pair": 5,
         "sharedness_table": 3, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 1, "sharedness_comparative_figure": 1, "sharedness_shuffle": 1,
         "sharedness_shuffle_table": 1, "scorecard": 1, "plan_table": 1,
