@@ -136,6 +136,22 @@ def resource_table():
     return ResourceTable.from_config(config)
 
 
+#: Scheduling priorities (higher first; absent: 0). The heads of the DAG's long chains — data,
+#: features, online SAE training, SAE training — start before the independent synthetic runs,
+#: which then fill the idle cores; left to itself, a 2-core run spends its first minutes on the
+#: synthetic runs and then trains every SAE in series at the end.
+PRIORITIES = {
+    "download_tuxpaint": 4,
+    "download_dataset": 4,
+    "manifest": 3,
+    "manifest_labelled": 3,
+    "manifest_prompts": 3,
+    "extract_features": 2,
+    "sharedness_online": 2,
+    "train_sae": 1,
+}
+
+
 def rule_threads(rule):
     """`threads:` of a rule: its numeric thread count from the config (`xsae.workflow.numeric_threads`
     reads the same key), so Snakemake schedules the cores the job will use."""

@@ -9,6 +9,7 @@ rule download_tuxpaint:
     params:
         dataset=dataset_entry,
         library_code=library_code("download_tuxpaint.py"),
+    priority: PRIORITIES["download_tuxpaint"]
     log:
         "results/logs/download_tuxpaint/{dataset}.log",
     conda:
@@ -31,6 +32,7 @@ rule download_dataset:
     params:
         dataset=dataset_entry,
         library_code=library_code("download_dataset.py"),
+    priority: PRIORITIES["download_dataset"]
     log:
         "results/logs/download_dataset/{dataset}.log",
     conda:

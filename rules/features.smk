@@ -13,6 +13,7 @@ rule extract_features:
     resources:
         **job_resources("extract_features"),
     threads: rule_threads("extract_features")
+    priority: PRIORITIES["extract_features"]
     log:
         "results/logs/extract_features/{dataset}/{split}/{encoder}.log",
     conda:

@@ -15,6 +15,7 @@ rule manifest:
     resources:
         **job_resources("manifest"),
     threads: rule_threads("manifest")
+    priority: PRIORITIES["manifest"]
     log:
         "results/logs/manifest/{dataset}.log",
     conda:
@@ -39,6 +40,7 @@ rule manifest_labelled:
     resources:
         **job_resources("manifest_labelled"),
     threads: rule_threads("manifest_labelled")
+    priority: PRIORITIES["manifest_labelled"]
     log:
         "results/logs/manifest_labelled/{dataset}.log",
     conda:
@@ -66,6 +68,7 @@ rule manifest_prompts:
     resources:
         **job_resources("manifest_prompts"),
     threads: rule_threads("manifest_prompts")
+    priority: PRIORITIES["manifest_prompts"]
     log:
         "results/logs/manifest_prompts/{dataset}.log",
     conda:

@@ -25,6 +25,7 @@ rule sharedness_online:
     resources:
         **job_resources("sharedness_online"),
     threads: rule_threads("sharedness_online")
+    priority: PRIORITIES["sharedness_online"]
     log:
         "results/logs/sharedness_online/{dataset}/{encoder}.log",
     conda:

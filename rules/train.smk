@@ -14,6 +14,7 @@ rule train_sae:
     resources:
         **job_resources("train_sae"),
     threads: rule_threads("train_sae")
+    priority: PRIORITIES["train_sae"]
     log:
         "results/logs/train_sae/{run}.log",
     conda:
