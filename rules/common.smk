@@ -141,12 +141,12 @@ def resource_table():
 #: which then fill the idle cores; left to itself, a 2-core run spends its first minutes on the
 #: synthetic runs and then trains every SAE in series at the end.
 PRIORITIES = {
-    "download_tuxpaint": 4,
-    "download_dataset": 4,
-    "manifest": 3,
-    "manifest_labelled": 3,
-    "manifest_prompts": 3,
-    "extract_features": 2,
+    "download_tuxpaint": 5,
+    "download_dataset": 5,
+    "manifest": 4,
+    "manifest_labelled": 4,
+    "manifest_prompts": 4,
+    "extract_features": 3,
     "sharedness_online": 2,
     "train_sae": 1,
 }
