@@ -60,7 +60,8 @@ def test_default_dag_has_every_stage(tmp_path):
         # sharedness: SAEs of EfficientNet (8 layers), MobileNetV2 (8), MiniLM (7) and second seeds
         # of EfficientNet and MiniLM, trained online in one job per encoder; 5 model pairs; Tables
         # 1–3, Figure 1, a comparative figure, Appendix C
-        "sharedness_online": 3, "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1, "sharedness_pair": 5,
+        "sharedness_online": 3, "sharedness_sae": 8 + 8 + 7 + 8 + 7, "sharedness_saes_table": 1,
+        "sharedness_pair": 5,
         "sharedness_table": 3, "sharedness_average": 1, "sharedness_layerwise": 1,
         "sharedness_comparative": 1, "sharedness_comparative_figure": 1, "sharedness_shuffle": 1,
         "sharedness_shuffle_table": 1, "scorecard": 1, "plan_table": 1,
