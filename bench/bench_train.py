@@ -62,8 +62,9 @@ def dense_losses(model: SparseAutoencoder, batch: list[torch.Tensor], config: Tr
         idx = logits[s].masked_fill(~dead, float("-inf")).topk(config.auxk_k, dim=1).indices
         z_aux = torch.zeros(x.shape[0], L, device=x.device).scatter(
             1, idx, F.relu(logits[s].gather(1, idx)) * dead[idx])
-        aux_terms.append(nmse_per_sample(z_aux @ model.dec_weight[s], x - recons[s].detach()).mean()
-                         * dead.any())
+        bias = model.pre_bias[s]  # the default AuxK form: target x − x̂ + b_pre, kept when none is dead
+        aux_terms.append(nmse_per_sample(z_aux @ model.dec_weight[s] + bias,
+                                         x - recons[s].detach() + bias.detach()).mean())
     cross = [nmse_per_sample(dense[s] @ model.dec_weight[t] + model.pre_bias[t], batch[t]).mean()
              for s in range(len(batch)) for t in range(len(batch)) if s != t]
     return (torch.stack(self_terms).mean() + config.auxk_coef * torch.stack(aux_terms).mean()

@@ -351,7 +351,10 @@ def dense_reference_gradients(model0: SparseAutoencoder, batch: list[torch.Tenso
         dead = model.steps_since_active(s) > config.dead_steps
         index = logits[s].detach().masked_fill(~dead, -math.inf).topk(min(config.auxk_k, L), dim=1).indices
         z = torch.zeros_like(logits[s]).scatter(1, index, F.relu(logits[s].gather(1, index)) * dead[index])
-        aux.append(nmse_per_sample(z @ model.dec_weight[s], x - recon[s][s].detach()).mean() * dead.any())
+        # the default AuxK form ("authors"): target x − x̂ + b_pre, kept when no latent is dead
+        bias = model.pre_bias[s]
+        aux.append(nmse_per_sample(z @ model.dec_weight[s] + bias,
+                                   x - recon[s][s].detach() + bias.detach()).mean())
     loss = (torch.stack(self_terms).mean() + config.auxk_coef * torch.stack(aux).mean()
             + config.cross_weight * torch.stack(cross).mean())
     loss.backward()

@@ -78,7 +78,7 @@ def test_explicit_values_are_kept():
     raw["sae_runs"]["r"]["auxk"] = {"k": 8}
     raw["sae_runs"]["r"]["topk"] = "local"
     cfg = config.validate(raw)
-    assert cfg["sae_runs"]["r"]["auxk"] == {"k": 8, "coef": 0.03125, "dead_steps": 1000,
+    assert cfg["sae_runs"]["r"]["auxk"] == {"k": 8, "coef": 0.03125, "form": "authors", "dead_steps": 1000,
                                             "threshold": 1e-3}
     assert cfg["sae_runs"]["r"]["topk"] == "local"
 

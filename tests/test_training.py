@@ -206,12 +206,61 @@ def test_auxk_active_when_latents_die(small):
         rtol=1e-5, atol=1e-6)
 
 
-def test_auxk_zero_without_dead_latents(small):
+def test_residual_auxk_is_zero_without_dead_latents(small):
     model = fresh(L=64, k=4)
-    log = train(model, [small], tcfg(epochs=2, dead_steps=10**9, log_every=1), progress=False)
+    log = train(model, [small], tcfg(epochs=2, dead_steps=10**9, log_every=1, auxk_form="residual"),
+                progress=False)
     assert (log["auxk/stream0"] == 0.0).all()
     assert (log["dead_latents/stream0"] == 0).all()
     assert (log["loss"] == log["self_nmse/stream0"]).all()
+
+
+def _auxk_by_hand(model, x, dead_steps, k_aux, pre_bias):
+    """The SPARC reference's AuxK by its formula: decode the top-k_aux dead latents with the
+    stream's decoder and pre-bias against x − x̂ + b_pre (detached), as NMSE; `pre_bias` is the
+    pre-bias the gradient is taken to (in the prediction and the dead latents' logits)."""
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        logits = model.logits(0, x)
+        codes = model.encode([x])[0]
+        reconstruction = codes.dense(model.config.n_latents) @ model.dec_weight[0] + model.pre_bias[0]
+        dead = model.steps_since_active(0) > dead_steps
+        masked = logits.masked_fill(~dead, float("-inf"))
+        idx = masked.topk(k_aux, dim=1).indices
+        target = x - reconstruction + model.pre_bias[0]
+    live_logits = (x - pre_bias) @ model.enc_weight[0].detach().T + model.lat_bias[0].detach()
+    z_aux = torch.zeros_like(logits).scatter(1, idx, F.relu(live_logits.gather(1, idx)) * dead[idx])
+    prediction = z_aux @ model.dec_weight[0].detach() + pre_bias
+    return ((prediction - target) ** 2).mean(dim=1).div(target.pow(2).mean(dim=1)).mean()
+
+
+@pytest.mark.parametrize("some_dead", [False, True])
+def test_authors_auxk_equals_the_reference_formula(some_dead):
+    """The default AuxK form: normalised by ‖x − x̂ + b_pre‖², ≈ 1 with a gradient to b_pre when no
+    latent is dead (the SPARC reference and OpenAI's code), the decode of the dead latents otherwise."""
+    model = fresh(dims=(6,), L=16, k=3)
+    with torch.no_grad():
+        model.pre_bias[0].copy_(torch.linspace(-0.3, 0.4, 6))
+    if some_dead:
+        model.steps_since_active(0)[:8] = 50
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(7))
+    config = tcfg(auxk_k=4, dead_steps=20)
+    _, components, _ = compute_losses(model, [x], config)
+    expected = _auxk_by_hand(model, x, 20, 4, model.pre_bias[0].detach())
+    torch.testing.assert_close(components["auxk"][0], expected, rtol=1e-5, atol=1e-6)
+    if not some_dead:  # nothing decoded: ‖x − x̂‖² / ‖x − x̂ + b_pre‖², about 1
+        assert 0.5 < float(expected) < 1.5
+    # its gradient to b_pre, with the host-side skip of streams that cannot have dead latents too
+    bias = model.pre_bias[0].detach().clone().requires_grad_()
+    (config.auxk_coef * _auxk_by_hand(model, x, 20, 4, bias)).backward()
+    self_only = dataclasses.replace(config, auxk_k=0)
+    for aux_streams in (None, [0] if some_dead else []):
+        model.zero_grad()
+        (compute_losses(model, [x], config, aux_streams=aux_streams)[0]
+         - compute_losses(model, [x], self_only)[0]).backward()
+        torch.testing.assert_close(model.pre_bias[0].grad, bias.grad, rtol=1e-4, atol=1e-7)
+    assert float(bias.grad.abs().max()) > 1e-4
 
 
 def test_dead_counters_advance_during_training(small):
@@ -272,9 +321,10 @@ def _nmse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((recon - target) ** 2).mean(dim=1) / (target**2).mean(dim=1)
 
 
+@pytest.mark.parametrize("auxk_form", ["authors", "residual"])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("topk", ["global", "local"])
-def test_compute_losses_by_hand(reduction, topk):
+def test_compute_losses_by_hand(reduction, topk, auxk_form):
     g = torch.Generator().manual_seed(7)
     model = fresh(dims=(6, 4), L=16, k=3, topk=topk)
     with torch.no_grad():
@@ -284,7 +334,8 @@ def test_compute_losses_by_hand(reduction, topk):
     model.steps_since_active(1).copy_(torch.arange(16).flip(0) * 3)
     batch = [torch.randn(10, 6, generator=g), torch.randn(10, 4, generator=g)]
     coef, lam = 0.25, 0.7
-    config = tcfg(auxk_k=5, auxk_coef=coef, dead_steps=20, cross_weight=lam, loss_reduction=reduction)
+    config = tcfg(auxk_k=5, auxk_coef=coef, dead_steps=20, cross_weight=lam, loss_reduction=reduction,
+                  auxk_form=auxk_form)
     total, components, codes = compute_losses(model, batch, config)
 
     with torch.no_grad():
@@ -298,7 +349,8 @@ def test_compute_losses_by_hand(reduction, topk):
             assert dead.any()
             aux_codes, _ = model.auxk_codes(s, batch[s], logits[s], 5, 20)
             aux_recon = aux_codes.dense(16) @ model.dec_weight[s]
-            aux_terms.append(_nmse(aux_recon, batch[s] - recon[s]).mean())
+            shift = model.pre_bias[s] if auxk_form == "authors" else 0  # the authors' target adds b_pre
+            aux_terms.append(_nmse(aux_recon + shift, batch[s] - recon[s] + shift).mean())
         aux_terms = torch.stack(aux_terms)
         cross_terms = torch.stack([_nmse(model.decode(1, ref_codes[0]), batch[1]).mean(),
                                    _nmse(model.decode(0, ref_codes[1]), batch[0]).mean()])
@@ -327,7 +379,7 @@ def test_compute_losses_by_hand(reduction, topk):
 def test_compute_losses_aux_zero_without_dead():
     model = fresh(dims=(6, 4), L=16, k=3)
     batch = [torch.randn(10, 6), torch.randn(10, 4)]
-    total, components, _ = compute_losses(model, batch, tcfg(dead_steps=10**6))
+    total, components, _ = compute_losses(model, batch, tcfg(dead_steps=10**6, auxk_form="residual"))
     assert torch.equal(components["auxk"].detach(), torch.zeros(2))
     torch.testing.assert_close(total.detach(), components["self_nmse"].detach().mean())
 
@@ -360,7 +412,7 @@ def test_sparse_gradients_equal_the_dense_autograd_path(topk, products, monkeypa
     model.steps_since_active(1).fill_(50)  # stream 1 all dead: AuxK active there
     g = torch.Generator().manual_seed(3)
     batch = [torch.randn(9, d, generator=g) for d in (6, 4, 5)]
-    config = tcfg(auxk_k=5, dead_steps=20, cross_weight=1.0)
+    config = tcfg(auxk_k=5, dead_steps=20, cross_weight=1.0, auxk_form="residual")
 
     total, _, _ = compute_losses(model, batch, config)
     model.zero_grad()

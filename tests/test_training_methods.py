@@ -196,7 +196,8 @@ def test_shared_dead_counters_are_per_stream():
     # AuxK: dead latents of one stream feed that stream's AuxK term only
     model.steps_since_active(0).copy_(torch.tensor([0, 0, 0, 0, 9, 9, 9, 9]))
     model.steps_since_active(1).zero_()
-    _, components, _ = compute_losses(model, [image[:8], text[:8]], tcfg(auxk_k=2, dead_steps=5))
+    _, components, _ = compute_losses(model, [image[:8], text[:8]],
+                                      tcfg(auxk_k=2, dead_steps=5, auxk_form="residual"))
     assert components["auxk"][1] == 0 and torch.isfinite(components["auxk"][0])
 
     # re-initialisation touches only latents dead in every stream that shares them

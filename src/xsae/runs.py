@@ -105,7 +105,8 @@ def training_config(run: dict[str, Any], seed: int) -> TrainingConfig:
     alignment = AlignmentLoss(run["alignment_loss"]["kind"], run["alignment_loss"]["weight"],
                               run["alignment_loss"]["multiplier"])
     return TrainingConfig(epochs=run["epochs"], batch_size=run["batch_size"], lr=run["lr"],
-                          auxk_k=aux["k"], auxk_coef=aux["coef"], dead_steps=aux["dead_steps"],
+                          auxk_k=aux["k"], auxk_coef=aux["coef"], auxk_form=aux["form"],
+                          dead_steps=aux["dead_steps"],
                           dead_threshold=aux["threshold"], cross_weight=run["cross_weight"],
                           loss_reduction=run["loss_reduction"], sampler=run["sampler"],
                           reinit_every=run["reinit_every"], autocast=run["autocast"],

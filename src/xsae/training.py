@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 RECON_LOSSES = ("nmse", "mse", "fvu")
 DECODER_NORMS = ("every_step", "at_init")
+AUXK_FORMS = ("authors", "residual")
 ALIGNMENT_KINDS = ("none", "iso_energy", "iso_energy_cosine", "group_sparse")
 #: λ when no weight is given: the centres of the heterogeneity paper's synthetic λ sweep (Figure 6),
 #: each "the default value in the original paper"; its CC-3M runs use iso_energy 1e-4.
@@ -90,6 +91,12 @@ class TrainingConfig:
     lr: float
     auxk_k: int = 64
     auxk_coef: float = 1 / 32
+    #: "authors": the AuxK decode predicts x − x̂ + b_pre through the stream's decoder with its
+    #: pre-bias, normalised by that target, and the term stays (≈ 1, with a gradient to b_pre) when
+    #: no latent is dead — the SPARC reference's and OpenAI's code, which produced the published
+    #: numbers. "residual": it predicts x − x̂ without the bias and is 0 when no latent is dead
+    #: (Gao et al.'s text).
+    auxk_form: str = "authors"
     dead_steps: int = 1000
     dead_threshold: float = 1e-3
     cross_weight: float = 0.0
@@ -134,7 +141,8 @@ class TrainingConfig:
         choices = {"loss_reduction": ("mean", "sum"), "sampler": ("permutation", "contiguous_blocks"),
                    "autocast": ("none", "bf16"), "recon_loss": RECON_LOSSES,
                    "optimizer": ("adam", "adamw"), "grad_clip_scope": ("all", "stream"),
-                   "lr_schedule": ("constant", "cosine"), "decoder_norm": DECODER_NORMS}
+                   "lr_schedule": ("constant", "cosine"), "decoder_norm": DECODER_NORMS,
+                   "auxk_form": AUXK_FORMS}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
@@ -297,9 +305,10 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor], conf
     `decode_sparse_many` call: one gradient buffer per weight matrix. With an alignment loss the
     components hold its unweighted batch mean as "alignment".
 
-    A stream without dead latents has an AuxK term of exactly 0: by default it is computed anyway
-    and multiplied by 0, which needs no host sync. `aux_streams`, when given, lists the streams that
-    may have dead latents (the trainer knows from a host-side bound, `dead_latent_bounds`); the
+    Without dead latents a stream's AuxK codes are all 0 (`auxk_term` says what the term is then);
+    by default they are selected and decoded anyway, which needs no host sync. `aux_streams`, when
+    given, lists the streams that may have dead latents (the trainer knows from a host-side bound,
+    `dead_latent_bounds`); the
     others' AuxK selection and decodes are skipped, with the same loss and gradients.
     """
     n = model.n_streams
@@ -335,10 +344,9 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor], conf
             with torch.no_grad():
                 monitor.append(nmse_per_sample(recons[t], x).mean())
         cross.update({(s, t): reconstruction_loss(r, x, how) for s, r in recons.items() if s != t})
-        if t in aux_codes:  # no dead latents: no AuxK term, and no host sync to find out
-            aux_terms.append(reconstruction_loss(decodes[-1], x - recons[t].detach(), how) * any_dead[t])
-        elif use_aux:  # known to have no dead latents
-            aux_terms.append(self_terms[-1].new_zeros(()))
+        if use_aux:
+            aux_terms.append(auxk_term(decodes[-1] if t in aux_codes else None, x, recons[t],
+                                       model.pre_bias[t], any_dead.get(t), config))
     total = _reduce(self_terms, config.loss_reduction)
     components = {"self_nmse": torch.stack(monitor or self_terms)}
     if how != "nmse":
@@ -357,6 +365,25 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor], conf
         total = total + alignment.coefficient * term
         components["alignment"] = term.detach().reshape(1)
     return total, components, codes
+
+
+def auxk_term(decoded: torch.Tensor | None, x: torch.Tensor, reconstruction: torch.Tensor,
+              pre_bias: torch.Tensor, any_dead: torch.Tensor | None, config: TrainingConfig) -> torch.Tensor:
+    """One stream's AuxK loss from its dead latents' decode `W_dec z_aux` (None: no latent can be
+    dead, so z_aux = 0 and nothing was decoded), in `config.auxk_form`.
+
+    "residual" is 0 without dead latents (`any_dead` multiplies it: no host sync to find out).
+    "authors" predicts the residual plus the pre-bias, W_dec z_aux + b_pre, against the detached
+    x − x̂ + b_pre, so the loss is normalised by ‖x − x̂ + b_pre‖² and b_pre gets a gradient even
+    when no latent is dead.
+    """
+    residual = x - reconstruction.detach()
+    if config.auxk_form == "residual":
+        if decoded is None:
+            return residual.new_zeros(())
+        return reconstruction_loss(decoded, residual, config.recon_loss) * any_dead
+    prediction = pre_bias.expand_as(x) if decoded is None else decoded + pre_bias
+    return reconstruction_loss(prediction, residual + pre_bias.detach(), config.recon_loss)
 
 
 def _check_alignment_streams(model: SparseAutoencoder, kind: str) -> None:
