@@ -80,6 +80,31 @@ def tiny_model_and_data():
     return model, inputs, Labels(all_levels, leaves, [None, 0, 0], ["root", "root/a", "root/b"])
 
 
+@pytest.mark.parametrize("probe_labels, tasks", [("raw", 3), ("all_levels", 4)])
+def test_probe_tasks_are_the_raw_labels_or_every_level(tiny_model_and_data, probe_labels, tasks):
+    """The SPARC reference probes the samples' own labels; all_levels adds the folders above them
+    (here root/x, the parent of x/a and x/b), and the probe loss is that of the chosen matrix."""
+    from xsae.metrics.probes import evaluate_1d_probes
+
+    model, inputs, _ = tiny_model_and_data
+    names = ["root/x", "root/x/a", "root/x/b", "root/y"]
+    leaves = np.zeros((40, 4), dtype=bool)
+    leaves[:10, 1] = leaves[10:20, 2] = leaves[20:, 3] = True
+    all_levels = leaves.copy()
+    all_levels[:20, 0] = True
+    labels = Labels(all_levels, leaves, [None, 0, 0, None], names)
+    settings = EvaluationSettings(jaccard_top_n=5, probe_min_positives=5, batch_size=7,
+                                  probe_labels=probe_labels)
+    rows, extra = evaluate_multistream(model, inputs, labels=labels, settings=settings)
+    probes = rows[(rows["metric"].isin(["probe_tasks", "probe_loss"])) & (rows["stream"] == "img")]
+    values = probes.set_index("metric")["value"]
+    assert values["probe_tasks"] == tasks
+    native = extra["codes"][model.config.topk][0]
+    expected = evaluate_1d_probes(native, leaves if probe_labels == "raw" else all_levels,
+                                  n_latents=model.config.n_latents, min_positives=5, n_candidates=20)
+    assert values["probe_loss"] == pytest.approx(expected.mean_test_loss, abs=1e-12)
+
+
 def test_multistream_rows_equal_the_metric_functions(tiny_model_and_data):
     model, inputs, labels = tiny_model_and_data
     settings = EvaluationSettings(jaccard_top_n=5, probe_min_positives=5, batch_size=7)

@@ -38,6 +38,9 @@ class EvaluationSettings:
     label_depth: int | None = None
     probe_min_positives: int = 50
     probe_candidates: int = 20
+    #: "raw": probe tasks are the samples' own labels (the SPARC reference: Open Images' boxable
+    #: labels, 432 tasks); "all_levels": every level of the hierarchy above them too.
+    probe_labels: str = "raw"
     top_activations: int = 10
     batch_size: int = 4096
 
@@ -115,7 +118,8 @@ def evaluate_multistream(model: SparseAutoencoder, inputs: Sequence[torch.Tensor
         timings["jaccard"] = time.perf_counter() - start
         start = time.perf_counter()
         for s, name in enumerate(names):
-            probes = evaluate_1d_probes(native[s], labels.all_levels, n_latents=L,
+            probe_labels = labels.leaves if settings.probe_labels == "raw" else labels.all_levels
+            probes = evaluate_1d_probes(native[s], probe_labels, n_latents=L,
                                         min_positives=settings.probe_min_positives,
                                         n_candidates=settings.probe_candidates)
             rows.append(_row("probe_loss", probes.mean_test_loss, inference=inference, stream=name))
