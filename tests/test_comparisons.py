@@ -12,11 +12,13 @@ import torch
 from xsae import config
 from xsae.comparison_runs import comparison_runs
 from xsae.comparisons import (
+    STEERING_ALIASES,
     encode_pairs,
     group_captions,
     leaf_label_sets,
     score_retrieval,
     score_zero_shot,
+    steering_concepts,
 )
 from xsae.datasets.manifest import Label
 from xsae.errors import ConfigError
@@ -228,3 +230,23 @@ def test_the_comparison_caption_names_the_datasets_behind_each_role():
     assert caption.endswith("Retrieval dataset: tuxpaint; classification dataset: none.")
     paper = comparison_caption({"retrieval": "coco", "zero_shot": {"dataset": "imagenet_prompts"}})
     assert "Retrieval dataset: coco; classification dataset: imagenet_prompts." in paper
+
+
+def test_steering_positives_are_captions_naming_the_class_or_an_alias():
+    """COCO captions say "sofa" and "bikes" for couch and bicycle: with the COCO aliases (the
+    default) they count as positives, without them only the class names do; `labels` takes the
+    labelled rows whatever the captions say."""
+    labels = [Label(0, "furniture", "furniture", None, 1), Label(1, "furniture/couch", "couch", 0, 2),
+              Label(2, "vehicle", "vehicle", None, 1), Label(3, "vehicle/bicycle", "bicycle", 2, 2)]
+    table = pd.DataFrame({"caption": ["a red sofa in a room", "a couch", "two bikes on a street", "a dog"],
+                          "leaf_ids": ["1", "1", "3", "3"]})
+    concepts, member, mentions = steering_concepts(table, labels, "captions", STEERING_ALIASES["coco"])
+    assert concepts == ["couch", "bicycle"]
+    assert mentions.astype(int).tolist() == [[1, 0], [1, 0], [0, 1], [0, 0]]
+    _, _, plain = steering_concepts(table, labels, "captions", STEERING_ALIASES["none"])
+    assert plain.astype(int).tolist() == [[0, 0], [1, 0], [0, 0], [0, 0]]
+    _, _, labelled = steering_concepts(table, labels, "labels", STEERING_ALIASES["coco"])
+    assert np.array_equal(labelled, member)
+    assert member.astype(int).tolist() == [[1, 0], [1, 0], [0, 1], [0, 1]]
+    with pytest.raises(ConfigError, match="concepts_from must be captions or labels"):
+        steering_concepts(table, labels, "both")

@@ -24,13 +24,15 @@ from xsae.errors import ConfigError, DataError
 from xsae.features import StreamRef, load_streams
 from xsae.metrics.monosemanticity import monosemanticity_scores
 from xsae.metrics.retrieval import multi_caption_retrieval
-from xsae.metrics.steering import concept_latents, mention_matrix, steering_retrieval
+from xsae.metrics.steering import COCO_ALIASES, concept_latents, mention_matrix, steering_retrieval
 from xsae.metrics.synthetic import encode_chunks
 from xsae.metrics.zero_shot import firing_rates, zero_shot_table
 from xsae.runs import normalize_inputs
 from xsae.sae import Codes, SparseAutoencoder
 
 IMAGE, TEXT = 0, 1
+#: `steering.aliases` of a comparison: other words that name a class in captions.
+STEERING_ALIASES: dict[str, Mapping[str, Sequence[str]] | None] = {"coco": COCO_ALIASES, "none": None}
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -164,6 +166,24 @@ def score_zero_shot(
     return out
 
 
+def steering_concepts(table: pd.DataFrame, labels: Sequence[Label], concepts_from: str,
+                      aliases: Mapping[str, Sequence[str]] | None = None
+                      ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The leaf classes, which rows carry each (bool `[N, C]`) and which captions are its positives.
+
+    `concepts_from`: `captions` (captions that mention the class name, or one of its `aliases`:
+    "sofa" for couch, COCO) or `labels` (captions of samples labelled with the class, for captions
+    that rarely name their category). Aliases of classes the dataset does not have are ignored.
+    """
+    concepts, member = leaf_label_sets(table, labels)
+    if concepts_from == "captions":
+        known = {name: words for name, words in (aliases or {}).items() if name in set(concepts)}
+        return concepts, member, mention_matrix(table["caption"].tolist(), concepts, known)
+    if concepts_from == "labels":
+        return concepts, member, member
+    raise ConfigError(f"steering.concepts_from must be captions or labels, got {concepts_from!r}")
+
+
 @torch.no_grad()
 def score_steering(
     model: SparseAutoencoder,
@@ -175,20 +195,13 @@ def score_steering(
     alphas: Sequence[float],
     n_sources: int,
     seed: int,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Figure 7: for each leaf class, the text latent most specific to it, its (aligned) image decoder
     direction added to source images without the class, and mAP/MRR of retrieved images with it.
-
-    `concepts_from`: `captions` (captions that mention the class name, COCO) or `labels` (captions
-    of samples labelled with the class, for captions that rarely name their category).
+    `concepts_from` and `aliases` as in `steering_concepts`.
     """
-    concepts, member = leaf_label_sets(table, labels)
-    if concepts_from == "captions":
-        mentions = mention_matrix(table["caption"].tolist(), concepts)
-    elif concepts_from == "labels":
-        mentions = member
-    else:
-        raise ConfigError(f"steering.concepts_from must be captions or labels, got {concepts_from!r}")
+    concepts, member, mentions = steering_concepts(table, labels, concepts_from, aliases)
     chosen = concept_latents(pairs.text_codes, mentions, concepts, model.config.n_latents, seed=seed)
     result = steering_retrieval(
         pairs.images,
@@ -322,6 +335,7 @@ def evaluate_run(
             alphas=settings["alphas"],
             n_sources=settings["n_sources"],
             seed=seed,
+            aliases=STEERING_ALIASES[settings["aliases"]],
         )
     mono = pd.DataFrame()
     if "external_image" in inputs:
