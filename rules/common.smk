@@ -11,7 +11,7 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(p for p in (LIBRARY, os.environ.get("PYTHONPATH")) if p)
 )
 
-from xsae.config import run_seed, sweep_runs, validate  # noqa: E402
+from xsae.config import monosemanticity_dataset, run_seed, sweep_runs, validate  # noqa: E402
 from xsae.comparison_runs import comparison_runs  # noqa: E402
 from xsae.synthetic_experiments import experiments as synthetic_experiments  # noqa: E402
 from xsae.tables import SPARC_TABLES  # noqa: E402
@@ -306,14 +306,17 @@ def comparison_eval_inputs(wildcards):
             inputs["train_image"] = FEATURES.format(dataset=spec["dataset"], split="train", encoder=image)
     if spec["monosemanticity"]:
         mono = spec["monosemanticity"]
+        dataset = monosemanticity_dataset(spec)
         inputs.update(
-            external_image=FEATURES.format(
-                dataset=spec["retrieval"], split="test", encoder=mono["image_encoder"]
-            ),
-            external_text=FEATURES.format(
-                dataset=spec["retrieval"], split="test", encoder=mono["text_encoder"]
-            ),
+            external_image=FEATURES.format(dataset=dataset, split="test", encoder=mono["image_encoder"]),
+            external_text=FEATURES.format(dataset=dataset, split="test", encoder=mono["text_encoder"]),
         )
+        if dataset != spec["retrieval"]:
+            inputs.update(
+                monosemanticity_image=FEATURES.format(dataset=dataset, split="test", encoder=image),
+                monosemanticity_text=FEATURES.format(dataset=dataset, split="test", encoder=text),
+                monosemanticity_manifest=MANIFEST.format(dataset=dataset, split="test"),
+            )
     return inputs
 
 

@@ -178,6 +178,23 @@ def test_evaluation_datasets_must_have_the_features_they_need():
         config.validate(raw)
 
 
+def test_monosemanticity_on_another_dataset_needs_every_encoders_features_there():
+    """Figure 8 on CC-3M's validation set: the comparison's two encoders and the external one must
+    have features on that dataset; the workflow then reads them, not the retrieval dataset's."""
+    from xsae.config import monosemanticity_dataset
+
+    raw = with_comparison(monosemanticity={"image_encoder": "e", "text_encoder": "e", "dataset": "val"})
+    raw["datasets"]["val"] = {"kind": "tuxpaint_stamps"}
+    raw["features"]["val"] = ["e"]
+    with pytest.raises(ConfigError, match=r"cmp\.monosemanticity\.dataset: needs features of 'm' on 'val'"):
+        config.validate(raw)
+    raw["features"]["val"] = ["e", "m"]
+    spec = config.validate(raw)["comparisons"]["cmp"]
+    assert monosemanticity_dataset(spec) == "val"
+    unset = {**spec, "monosemanticity": {**spec["monosemanticity"], "dataset": None}}
+    assert monosemanticity_dataset(unset) == "tux"  # the retrieval dataset
+
+
 def test_decoder_directions_of_a_saved_run(tmp_path):
     from xsae.comparisons import decoder_directions
     from xsae.synthetic import SyntheticConfig, generate, write_dataset

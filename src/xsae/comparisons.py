@@ -285,6 +285,19 @@ def align_run(
     }
 
 
+def _encoded_split(model: SparseAutoencoder, inputs: Mapping[str, Any], role: str, input_norm: str,
+                   device: torch.device) -> tuple[pd.DataFrame, EncodedPairs, list[str]]:
+    """The manifest, encoded image–caption pairs and sample ids of the test split that `inputs`
+    name `<role>_image`, `<role>_text` and `<role>_manifest`."""
+    table = read_manifest(inputs[f"{role}_manifest"])
+    (image, text), ids = _features([inputs[f"{role}_image"], inputs[f"{role}_text"]], ["image", "text"],
+                                   input_norm, device)
+    if ids != table["sample_id"].tolist():
+        raise DataError(f"{inputs[f'{role}_manifest']}: rows differ from the features' sample_ids; "
+                        "re-extract them")
+    return table, encode_pairs(model, image, text, table), ids
+
+
 @torch.no_grad()
 def evaluate_run(
     weights_path: str | Path,
@@ -300,18 +313,12 @@ def evaluate_run(
     `inputs`: paths by role (as the workflow names them): `retrieval_image`, `retrieval_text`,
     `retrieval_manifest`, `retrieval_labels`; optionally `zero_shot_image`, `zero_shot_manifest`,
     `prompts`, `prompts_manifest`, `train_image` (for the frequent-latent variant); optionally
-    `external_image`, `external_text` (monosemanticity). Returns (metrics, steering, monosemanticity).
+    `external_image`, `external_text` (monosemanticity), with `monosemanticity_image`,
+    `monosemanticity_text` and `monosemanticity_manifest` when it is scored on another dataset than
+    retrieval. Returns (metrics, steering, monosemanticity).
     """
     model = SparseAutoencoder.load(weights_path, device=device).eval()
-    table = read_manifest(inputs["retrieval_manifest"])
-    (image, text), ids = _features(
-        [inputs["retrieval_image"], inputs["retrieval_text"]], ["image", "text"], input_norm, device
-    )
-    if ids != table["sample_id"].tolist():
-        raise DataError(
-            f"{inputs['retrieval_manifest']}: rows differ from the features' sample_ids; re-extract them"
-        )
-    pairs = encode_pairs(model, image, text, table)
+    table, pairs, ids = _encoded_split(model, inputs, "retrieval", input_norm, device)
     scores = score_retrieval(model, pairs)
     if "zero_shot_image" in inputs:
         zs_table = read_manifest(inputs["zero_shot_manifest"])
@@ -339,11 +346,14 @@ def evaluate_run(
         )
     mono = pd.DataFrame()
     if "external_image" in inputs:
+        role = "monosemanticity" if "monosemanticity_image" in inputs else "retrieval"
+        if role == "monosemanticity":
+            _, pairs, ids = _encoded_split(model, inputs, role, input_norm, device)
         (ext_image, ext_text), ext_ids = _features(
             [inputs["external_image"], inputs["external_text"]], ["image", "text"], "l2", device
         )
         if ext_ids != ids:
-            raise DataError(f"{inputs['external_image']}: rows differ from {inputs['retrieval_image']}")
+            raise DataError(f"{inputs['external_image']}: rows differ from {inputs[f'{role}_image']}")
         mono = score_monosemanticity(model, pairs, ext_image, ext_text)
     return metrics, steering, mono
 

@@ -232,12 +232,17 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
             if prompts and prompts["kind"] != "class_prompts":
                 problems.append(f"  {key}.zero_shot.prompts: {spec['zero_shot']['prompts']!r} must be a "
                                 "class_prompts dataset")
+        if spec["monosemanticity"]:
+            mono_dataset = monosemanticity_dataset(spec)
+            if mono_dataset != spec["retrieval"]:
+                for encoder in pair:
+                    needs_features(f"{key}.monosemanticity.dataset", mono_dataset, encoder)
         for role in ("image_encoder", "text_encoder") if spec["monosemanticity"] else ():
             encoder = spec["monosemanticity"][role]
             if encoder not in encoders:
                 unknown(f"{key}.monosemanticity.{role}", encoder, "encoder", encoders)
             else:
-                needs_features(f"{key}.monosemanticity.{role}", spec["retrieval"], encoder)
+                needs_features(f"{key}.monosemanticity.{role}", monosemanticity_dataset(spec), encoder)
     for figure, runs in config.get("decoder_directions", {}).items():
         for run in runs:
             entry = config.get("sae_runs", {}).get(run)
@@ -300,6 +305,11 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
 
 def _value_label(value: float) -> str:
     return f"{value:g}".replace(".", "p").replace("-", "m").replace("+", "")
+
+
+def monosemanticity_dataset(comparison: Mapping[str, Any]) -> str:
+    """The dataset whose test split a comparison's monosemanticity is scored on (Figure 8)."""
+    return comparison["monosemanticity"].get("dataset") or comparison["retrieval"]
 
 
 def sweep_runs(config: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:

@@ -24,6 +24,7 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from xsae.config import monosemanticity_dataset
 from xsae.errors import ConfigError
 from xsae.sharedness_config import POOLED_CODES, model_uses
 
@@ -198,7 +199,9 @@ def used_features(config: Mapping[str, Any]) -> dict[str, list[str]]:
         if spec.get("zero_shot"):
             used.update({(spec["zero_shot"]["dataset"], image), (spec["zero_shot"]["prompts"], text)})
         if spec.get("monosemanticity"):
-            used.update((spec["retrieval"], spec["monosemanticity"][role])
+            mono_dataset = monosemanticity_dataset(spec)
+            used.update((mono_dataset, encoder) for encoder in (image, text))
+            used.update((mono_dataset, spec["monosemanticity"][role])
                         for role in ("image_encoder", "text_encoder"))
     sharedness = config.get("sharedness") or {}
     models = sharedness.get("models", {})
