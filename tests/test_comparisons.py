@@ -66,6 +66,16 @@ def test_every_trained_method_and_seed_becomes_a_checked_run():
     ]
 
 
+@pytest.mark.parametrize("iso_energy_loss", [None, "iso_energy_cosine", "iso_energy"])
+def test_iso_energy_runs_in_the_authors_cosine_form_unless_eq11_is_asked_for(iso_energy_loss):
+    """λ = 1e-4 on CC-3M was tuned for the authors' cosine form, the default; Eq. 11 on request."""
+    extra = {} if iso_energy_loss is None else {"iso_energy_loss": iso_energy_loss}
+    cfg = config.validate(with_comparison(methods=["shared_iso_energy"], sae={"n_latents": 64, "k": 4},
+                                          seeds=[1], **extra))
+    loss = cfg["sae_runs"]["cmp_shared_iso_energy_s1"]["alignment_loss"]
+    assert loss == {"kind": iso_energy_loss or "iso_energy_cosine", "weight": 1e-4, "multiplier": 1.0}
+
+
 def test_comparison_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="list modality_specific too"):
         config.validate(with_comparison(methods=["modality_specific_post_hoc"]))

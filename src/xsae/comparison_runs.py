@@ -5,7 +5,8 @@ and the seeds; every trained method × seed becomes an ordinary `sae_runs` entry
 `<comparison>_<method>_s<seed>`, trained by the usual rule. Methods:
 
 - `shared`: one SAE for both modalities (m latents);
-- `shared_iso_energy`, `shared_group_sparse`: the shared SAE with an auxiliary alignment loss;
+- `shared_iso_energy`, `shared_group_sparse`: the shared SAE with an auxiliary alignment loss
+  (Iso-Energy in the form `iso_energy_loss` names: the authors' cosine form by default);
 - `modality_specific`: one SAE per modality (m/2 latents each), indices unrelated across them;
 - `modality_specific_post_hoc`: the same SAEs after post-hoc alignment (the text SAE re-indexed by
   the Hungarian matching of coactivation correlations on the training pairs): not trained again.
@@ -44,10 +45,11 @@ def method_entry(spec: Mapping[str, Any], method: str) -> dict[str, Any]:
     elif method == "shared":
         entry["method"] = "shared"
     elif method in ("shared_iso_energy", "shared_group_sparse"):
-        kind = method.removeprefix("shared_")
+        weight_key = method.removeprefix("shared_")
+        kind = spec.get("iso_energy_loss", "iso_energy_cosine") if weight_key == "iso_energy" else weight_key
         entry.update(
             method="shared",
-            alignment_loss={"kind": kind, "weight": spec["alignment_weights"][kind], "multiplier": 1.0},
+            alignment_loss={"kind": kind, "weight": spec["alignment_weights"][weight_key], "multiplier": 1.0},
         )
     else:
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
