@@ -308,8 +308,8 @@ def compute_losses(model: SparseAutoencoder, batch: Sequence[torch.Tensor], conf
     Without dead latents a stream's AuxK codes are all 0 (`auxk_term` says what the term is then);
     by default they are selected and decoded anyway, which needs no host sync. `aux_streams`, when
     given, lists the streams that may have dead latents (the trainer knows from a host-side bound,
-    `dead_latent_bounds`); the
-    others' AuxK selection and decodes are skipped, with the same loss and gradients.
+    `dead_latent_bounds`); the others' AuxK selection and decodes are skipped, with the same loss
+    and gradients.
     """
     n = model.n_streams
     use_aux = config.auxk_k > 0 and config.auxk_coef > 0
