@@ -79,13 +79,13 @@ def test_paper_dag_builds(tmp_path):
     and 9 from 8 modality-specific COCO runs, Figures 5 and 6 at full scale; sharedness: see
     tests/test_sharedness_workflow.py."""
     jobs = planned_jobs(tmp_path, REPO / "config" / "paper.yaml")
-    sweeps = 4 * 2 + 5 * 2 + 5 * 1 + 4 * 2  # L, k, λ (Global only), learning rate
+    sweeps = 2 * 4 * 2 + 5 * 2 + 5 * 1 + 4 * 2  # L at k = 64 and 256, k, λ (Global only), learning rate
     groups = 7 * 2
     comparisons, directions = 7 * 4 * 3, 8
-    runs = 8 + groups + 1 + sweeps + comparisons + directions
-    # SPARC: Open Images 8 models, COCO 2 (× 2 splits); heterogeneity: CC-3M 4 (× 2), COCO captions
-    # 8 (× 2), ImageNet val and its prompts 4 each (test only)
-    extraction = (8 + 2) * 2 + 4 * 2 + 8 * 2 + 4 + 4
+    runs = 8 + groups + 2 + sweeps + comparisons + directions  # 2: the sweeps' bases at k = 64 and 256
+    # SPARC: Open Images 8 models, COCO 2 (× 2 splits); heterogeneity: CC-3M 4 (× 2) and MetaCLIP on
+    # its validation set (monosemanticity), COCO captions 8 (× 2), ImageNet val and its prompts 4 each
+    extraction = (8 + 2) * 2 + 4 * 2 + 1 + 8 * 2 + 4 + 4
     # sharedness: 14 encoders on COCO, the 7 large on LAION and Flowers; the per-layer SAEs train
     # online, and compare the training samples' global tokens (compare_split): only the train split
     # is extracted, and not for MambaVision, compared on pooled codes the online job computes
@@ -100,8 +100,8 @@ def test_paper_dag_builds(tmp_path):
         "figure_monosemanticity": 1, "decoder_directions": directions, "figure_decoder_directions": 2,
         "download_dataset": 6, "manifest_labelled": 7, "manifest_prompts": 1, "extract_features": extraction,
         "figure_dataset_overview": 2, "train_sae": runs, "evaluate_reconstruction": runs,
-        "evaluate_sparc": 9 + groups, "figure_training": 9 + groups + comparisons + directions,
-        "figure_sweep": 4, "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7,
+        "evaluate_sparc": 10 + groups, "figure_training": 10 + groups + comparisons + directions,
+        "figure_sweep": 5, "figure_top_activations": 8, "table_reconstruction": 1, "table_sparc": 2 * 5 + 7,
         "all": 1,
         # sharedness pairs: 182, and MambaVision with each of the 10 large models
         # sharedness SAEs trained online: one job per encoder and dataset (15 on COCO, 7 on LAION and
