@@ -237,12 +237,12 @@ def check_references(config: Mapping[str, Any], *, source: str = "config") -> No
             if mono_dataset != spec["retrieval"]:
                 for encoder in pair:
                     needs_features(f"{key}.monosemanticity.dataset", mono_dataset, encoder)
-        for role in ("image_encoder", "text_encoder") if spec["monosemanticity"] else ():
-            encoder = spec["monosemanticity"][role]
-            if encoder not in encoders:
-                unknown(f"{key}.monosemanticity.{role}", encoder, "encoder", encoders)
-            else:
-                needs_features(f"{key}.monosemanticity.{role}", monosemanticity_dataset(spec), encoder)
+            for role in ("image_encoder", "text_encoder"):
+                encoder = spec["monosemanticity"][role]
+                if encoder not in encoders:
+                    unknown(f"{key}.monosemanticity.{role}", encoder, "encoder", encoders)
+                else:
+                    needs_features(f"{key}.monosemanticity.{role}", mono_dataset, encoder)
     for figure, runs in config.get("decoder_directions", {}).items():
         for run in runs:
             entry = config.get("sae_runs", {}).get(run)

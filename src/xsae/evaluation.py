@@ -117,8 +117,8 @@ def evaluate_multistream(model: SparseAutoencoder, inputs: Sequence[torch.Tensor
             rows.append(_row("jaccard", result.mean, inference=inference, variant=profile))
         timings["jaccard"] = time.perf_counter() - start
         start = time.perf_counter()
+        probe_labels = labels.leaves if settings.probe_labels == "raw" else labels.all_levels
         for s, name in enumerate(names):
-            probe_labels = labels.leaves if settings.probe_labels == "raw" else labels.all_levels
             probes = evaluate_1d_probes(native[s], probe_labels, n_latents=L,
                                         min_positives=settings.probe_min_positives,
                                         n_candidates=settings.probe_candidates)
