@@ -46,7 +46,7 @@ def method_entry(spec: Mapping[str, Any], method: str) -> dict[str, Any]:
         entry["method"] = "shared"
     elif method in ("shared_iso_energy", "shared_group_sparse"):
         weight_key = method.removeprefix("shared_")
-        kind = spec.get("iso_energy_loss", "iso_energy_cosine") if weight_key == "iso_energy" else weight_key
+        kind = spec["iso_energy_loss"] if weight_key == "iso_energy" else weight_key
         entry.update(
             method="shared",
             alignment_loss={"kind": kind, "weight": spec["alignment_weights"][weight_key], "multiplier": 1.0},
